@@ -1,0 +1,434 @@
+"""The storage contract: one async protocol that every backend implements and the conformance
+suite (``amber.testing``) checks clause by clause.
+
+Semantics every backend honours:
+
+* ``append`` returns only after the message is durable. A retried append with the same
+  idempotency key is a no-op that returns the stored message. Sequence numbers within a session
+  are gap-free, starting at 1, in one total order even with concurrent writers in many processes.
+* A read sees every append acknowledged before the read began, from any process.
+* Every query is scoped by tenant in the store layer; there is no unscoped read path.
+* Search scores are similarities in [0, 1], higher is better; ties keep a stable order.
+* ``close()`` releases resources and never deletes data. Deletion is explicit and audited.
+* Facts are never overwritten: recording a fact that supersedes others sets their ``valid_to``.
+* Every write records an audit entry (ids and hashes, never content) in the same transaction;
+  every read is audited asynchronously in batches; entries are hash-chained per tenant.
+
+Validation and encoding that every backend needs lives here (``prepare_message``,
+``select_window``...), so a backend is only the part that talks to its database.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, Mapping, Sequence
+
+from ..errors import InvalidInput, MessageTooLarge
+from ..keys import SessionKey, validate_part
+from ..records import (
+    ROLES,
+    AuditEvent,
+    DeletionReceipt,
+    Fact,
+    Hit,
+    LearnJob,
+    Message,
+    NewFact,
+    NewMessage,
+    SessionInfo,
+    StateBlob,
+    VectorItem,
+    utcnow,
+)
+from ..tokens import estimate_tokens
+
+__all__ = [
+    "Store",
+    "Capability",
+    "StoreLimits",
+    "PreparedMessage",
+    "prepare_message",
+    "prepare_fact",
+    "select_window",
+    "digest",
+    "new_id",
+    "encode_json",
+    "decode_json",
+    "validate_state_name",
+    "validate_limit",
+    "MessageKind",
+]
+
+MessageKind = str  # "message" | "fact"
+
+
+class Capability(str, enum.Enum):
+    """What a backend can do beyond the core contract. Check with ``cap in store.capabilities``."""
+
+    DURABLE = "durable"  # survives process exit
+    MULTI_PROCESS = "multi_process"  # several processes may share it
+    MULTI_HOST = "multi_host"  # several machines may share it
+    LEXICAL_SEARCH = "lexical_search"
+    VECTOR_SEARCH = "vector_search"  # native or in-process vector index
+    VECTOR_INDEX_NATIVE = "vector_index_native"  # e.g. pgvector
+    CACHE = "cache"  # a hot layer (Redis) is in front
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Input limits, enforced before anything is written."""
+
+    max_message_bytes: int = 1_048_576  # content + payload + metadata, UTF-8 JSON
+    max_state_bytes: int = 16 * 1_048_576
+    max_fact_bytes: int = 65_536
+    max_batch: int = 1000
+    max_idempotency_key: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """A validated message, encoded once, ready for any backend to insert."""
+
+    id: str
+    role: str
+    content: str
+    payload_json: str | None
+    payload_format: str
+    author: str | None
+    idempotency_key: str
+    created_at: datetime
+    metadata_json: str
+    tokens: int
+    content_hash: str
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def digest(*parts: str | None) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(b"\x00" if part is None else part.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def encode_json(value: Any, what: str) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from exc
+    _check_text(text, what)
+    return text
+
+
+def decode_json(text: str | bytes | None) -> Any:
+    if text is None:
+        return None
+    return json.loads(text)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Lone surrogates (e.g. from a bad decode upstream) cannot be stored as UTF-8.
+        raise InvalidInput(f"{what} contains invalid Unicode (lone surrogate at {exc.start})") from exc
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character")
+
+
+def _utc(value: datetime | None, what: str) -> datetime:
+    if value is None:
+        return utcnow()
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{what} must be a datetime")
+    if value.tzinfo is None:
+        raise InvalidInput(f"{what} must be timezone-aware (UTC)")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidInput(f"{what} is out of range in UTC") from exc
+
+
+def prepare_message(message: NewMessage, limits: StoreLimits) -> PreparedMessage:
+    if not isinstance(message, NewMessage):
+        raise InvalidInput(f"expected NewMessage, got {type(message).__name__}")
+    if message.role not in ROLES:
+        raise InvalidInput(f"invalid role {message.role!r}: expected one of {sorted(ROLES)}")
+    if not isinstance(message.content, str):
+        raise InvalidInput("content must be a string")
+    _check_text(message.content, "content")
+    if not isinstance(message.payload_format, str) or not message.payload_format:
+        raise InvalidInput("payload_format must be a non-empty string")
+    if message.author is not None:
+        if not isinstance(message.author, str) or len(message.author) > 256:
+            raise InvalidInput("author must be a string of at most 256 characters")
+        _check_text(message.author, "author")
+    payload_json = None if message.payload is None else encode_json(dict(message.payload), "payload")
+    metadata_json = encode_json(dict(message.metadata or {}), "metadata")
+    size = len(message.content.encode("utf-8")) + len(metadata_json.encode("utf-8"))
+    if payload_json is not None:
+        size += len(payload_json.encode("utf-8"))
+    if size > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"message is {size} bytes; the limit is {limits.max_message_bytes} bytes "
+            "(StoreLimits.max_message_bytes)"
+        )
+    key = message.idempotency_key
+    if key is None:
+        key = new_id("auto")
+    elif not isinstance(key, str) or not key or len(key) > limits.max_idempotency_key:
+        raise InvalidInput(f"idempotency_key must be 1-{limits.max_idempotency_key} characters")
+    else:
+        _check_text(key, "idempotency_key")
+    return PreparedMessage(
+        id=new_id("msg"),
+        role=message.role,
+        content=message.content,
+        payload_json=payload_json,
+        payload_format=message.payload_format,
+        author=message.author,
+        idempotency_key=key,
+        created_at=_utc(message.created_at, "created_at"),
+        metadata_json=metadata_json,
+        tokens=estimate_tokens(message.content),
+        content_hash=digest(message.role, message.content, payload_json),
+    )
+
+
+def prepare_fact(fact: NewFact, limits: StoreLimits) -> NewFact:
+    if not isinstance(fact, NewFact):
+        raise InvalidInput(f"expected NewFact, got {type(fact).__name__}")
+    for name in ("attribute", "value", "text", "kind"):
+        value = getattr(fact, name)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(f"fact {name} must be a non-empty string")
+        _check_text(value, f"fact {name}")
+    if fact.thread is not None:
+        validate_part("thread", fact.thread)
+    if not 0.0 <= float(fact.confidence) <= 1.0:
+        raise InvalidInput("fact confidence must be in [0, 1]")
+    size = len(fact.text.encode()) + len(fact.value.encode()) + len(encode_json(dict(fact.metadata), "metadata"))
+    if size > limits.max_fact_bytes:
+        raise MessageTooLarge(f"fact is {size} bytes; the limit is {limits.max_fact_bytes}")
+    _utc(fact.valid_from, "valid_from")
+    return fact
+
+
+def validate_state_name(name: str) -> str:
+    return validate_part("state name", name)
+
+
+def validate_limit(value: int | None, what: str = "limit", *, allow_none: bool = True) -> int | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise InvalidInput(f"{what} is required")
+    # Backends store signed 64-bit integers: a larger one would surface as a driver OverflowError.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
+        raise InvalidInput(f"{what} must be a non-negative 64-bit integer, got {value!r}")
+    return value
+
+
+def select_window(tokens_newest_first: Sequence[int], last: int | None, max_tokens: int | None) -> int:
+    """How many of the newest messages a window keeps: at most ``last``, and the longest suffix
+    whose token total fits ``max_tokens`` (possibly none)."""
+    count = len(tokens_newest_first) if last is None else min(last, len(tokens_newest_first))
+    if max_tokens is None:
+        return count
+    total = 0
+    for i in range(count):
+        total += tokens_newest_first[i]
+        if total > max_tokens:
+            return i
+    return count
+
+
+class Store(ABC):
+    """The async storage contract. Open one with :func:`amber.open_store`; use it as an async
+    context manager or call :meth:`close`. Methods are safe to call from many tasks at once."""
+
+    url: str  # the URL it was opened with, secrets redacted
+    capabilities: frozenset[Capability]
+    limits: StoreLimits
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads. Never deletes data. Idempotent."""
+
+    @abstractmethod
+    async def describe(self) -> Mapping[str, Any]:
+        """Backend facts for diagnostics: location, durability settings, schema version."""
+
+    # -- transcripts -------------------------------------------------------------------------
+    @abstractmethod
+    async def append(self, key: SessionKey, messages: Sequence[NewMessage]) -> list[Message]:
+        """Append messages to a session, durably, in the given order. Returns the stored messages
+        (for a retried idempotency key, the message stored the first time)."""
+
+    async def append_one(self, key: SessionKey, message: NewMessage) -> Message:
+        return (await self.append(key, [message]))[0]
+
+    @abstractmethod
+    async def read_window(
+        self, key: SessionKey, *, last: int | None = None, max_tokens: int | None = None
+    ) -> list[Message]:
+        """The most recent messages, oldest first: at most ``last``, and at most ``max_tokens``."""
+
+    @abstractmethod
+    async def read_since(self, key: SessionKey, after_seq: int = 0, *, limit: int | None = None) -> list[Message]:
+        """Messages with ``seq > after_seq``, oldest first, at most ``limit``."""
+
+    @abstractmethod
+    async def get_session(self, key: SessionKey) -> SessionInfo | None: ...
+
+    @abstractmethod
+    async def list_sessions(
+        self, tenant: str, user: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[SessionInfo]:
+        """Sessions of a tenant (of one user if given), most recently active first."""
+
+    @abstractmethod
+    async def list_users(self, tenant: str, *, limit: int = 100, offset: int = 0) -> list[str]: ...
+
+    # -- state blobs ---------------------------------------------------------------------------
+    @abstractmethod
+    async def get_state(self, key: SessionKey, name: str) -> StateBlob | None: ...
+
+    @abstractmethod
+    async def put_state(
+        self, key: SessionKey, name: str, data: Mapping[str, Any], *, expected_version: int | None = None
+    ) -> StateBlob:
+        """Write state. With ``expected_version`` this is compare-and-set: 0 means "must not exist",
+        n means "current version is n"; on mismatch raises VersionConflict and writes nothing."""
+
+    @abstractmethod
+    async def list_states(self, key: SessionKey) -> list[str]:
+        """Names of the state blobs a session holds, sorted (export and inspection need them)."""
+
+    # -- deletion ------------------------------------------------------------------------------
+    @abstractmethod
+    async def delete_session(self, key: SessionKey) -> DeletionReceipt:
+        """Delete a session's messages, state, jobs and index entries (facts are the user's and
+        stay); audited with an erasure receipt naming the erased ids. A fact whose every source
+        message was erased is refused afterwards (no resurrection by a late learning job)."""
+
+    @abstractmethod
+    async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
+        """Delete everything a user owns in a tenant (all sessions, facts, vectors); audited."""
+
+    @abstractmethod
+    async def prune(self, tenant: str, *, before: Mapping[str, datetime]) -> DeletionReceipt:
+        """Retention: delete the tenant's records older than a cutoff per kind -- ``"messages"``
+        (by ``created_at``), ``"facts"`` (by ``created_at``), ``"states"`` (by ``updated_at``) --
+        with their vectors, jobs and index entries, audited with an erasure-like receipt
+        (``retention.prune``)."""
+
+    # -- facts -----------------------------------------------------------------------------------
+    @abstractmethod
+    async def record_fact(
+        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()
+    ) -> Fact:
+        """Insert a fact; in the same transaction close (valid_to = new valid_from) the facts it
+        supersedes, which must belong to the same tenant and user and still be current."""
+
+    @abstractmethod
+    async def list_facts(
+        self,
+        tenant: str,
+        user: str,
+        *,
+        attribute: str | None = None,
+        include_superseded: bool = False,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        """Facts of a user, newest first."""
+
+    @abstractmethod
+    async def get_fact(self, tenant: str, user: str, fact_id: str) -> Fact | None: ...
+
+    @abstractmethod
+    async def delete_fact(self, tenant: str, user: str, fact_id: str) -> bool: ...
+
+    # -- search primitives (fusion lives in amber.recall) ----------------------------------------
+    @abstractmethod
+    async def search_text(
+        self, tenant: str, user: str, query: str, *, limit: int = 20, kinds: Sequence[str] = ("message", "fact")
+    ) -> list[Hit]:
+        """Lexical search over a user's messages and current facts. Scores in [0, 1]."""
+
+    @abstractmethod
+    async def put_vectors(self, tenant: str, user: str, model: str, items: Sequence[VectorItem]) -> None:
+        """Store embeddings of messages/facts (replacing earlier ones for the same id and model)."""
+
+    @abstractmethod
+    async def search_vectors(
+        self,
+        tenant: str,
+        user: str,
+        model: str,
+        vector: Sequence[float],
+        *,
+        limit: int = 20,
+        kinds: Sequence[str] = ("message", "fact"),
+    ) -> list[Hit]:
+        """Cosine-similarity search, score = (1 + cos) / 2 in [0, 1]."""
+
+    # -- learning queue ------------------------------------------------------------------------
+    @abstractmethod
+    async def claim_learn_jobs(
+        self, *, limit: int = 64, lease_seconds: float = 60.0, tenant: str | None = None
+    ) -> list[LearnJob]:
+        """Lease up to ``limit`` pending jobs (one per appended message), oldest first, of one tenant
+        or all. A job whose lease expires without completion is handed out again."""
+
+    @abstractmethod
+    async def complete_learn_jobs(self, job_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    async def fail_learn_job(self, job_id: str, error: str, *, retry_in: float | None) -> None:
+        """Record a failure; retry after ``retry_in`` seconds, or park it as dead if None."""
+
+    @abstractmethod
+    async def learn_queue_stats(self, tenant: str | None = None) -> Mapping[str, int]:
+        """Counts of pending, leased and dead jobs."""
+
+    # -- audit ---------------------------------------------------------------------------------
+    @abstractmethod
+    def audit_read(
+        self, tenant: str, operation: str, *, user: str | None = None, thread: str | None = None,
+        record_ids: Sequence[str] = (), digests: Sequence[str] = (),
+    ) -> None:
+        """Note a read for the audit trail. Reads are recorded asynchronously in batches (see
+        :mod:`amber.governance.audit`); a layer that answers reads itself (a cache) calls this on
+        the store below. Backends buffer it."""
+
+    @abstractmethod
+    async def chain_audit(self, tenant: str | None = None) -> dict[str, tuple[int, str]]:
+        """Write this handle's buffered read entries, then hash-chain every audit entry not yet
+        chained (of ``tenant``, or of all tenants) in one order per tenant. Returns each examined
+        tenant's chain head ``(position, hash)`` -- for ``tenant`` always, even if nothing was new."""
+
+    @abstractmethod
+    async def list_audit(
+        self, tenant: str, *, user: str | None = None, operation: str | None = None, limit: int = 100,
+        after_id: int = 0,
+    ) -> list[AuditEvent]: ...

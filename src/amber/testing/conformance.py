@@ -1,0 +1,570 @@
+"""Store conformance clauses: one test per semantic of the storage contract.
+
+Every clause uses a fresh random tenant, so the suite can run against a shared server (PostgreSQL,
+Redis) without cleaning it first, and any leak across tenants shows up as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from ..errors import AmberError, InvalidInput, InvalidSessionKey, MessageTooLarge, VersionConflict
+from ..keys import SessionKey
+from ..records import NewFact, NewMessage, VectorItem
+from ..store.base import Store
+
+OpenHandle = Callable[[], Awaitable[Store]]
+
+pytestmark = pytest.mark.amber_conformance
+
+
+def _msg(text: str, idem: str | None = None, **kw: Any) -> NewMessage:
+    return NewMessage(role=kw.pop("role", "user"), content=text, idempotency_key=idem, **kw)
+
+
+class StoreConformance:
+    """Base class; subclasses provide the ``open_handle`` fixture."""
+
+    @pytest.fixture
+    def open_handle(self) -> OpenHandle:  # pragma: no cover - overridden
+        raise NotImplementedError("provide an open_handle fixture")
+
+    @pytest.fixture
+    async def store(self, open_handle: OpenHandle):  # type: ignore[no-untyped-def]
+        s = await open_handle()
+        try:
+            yield s
+        finally:
+            await s.close()
+
+    @pytest.fixture
+    def tenant(self) -> str:
+        return f"t-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def key(self, tenant: str) -> SessionKey:
+        return SessionKey(tenant, "u-1", "thread-1")
+
+    # -- append and order --------------------------------------------------------------------------
+    async def test_append_assigns_gap_free_sequence_from_one(self, store: Store, key: SessionKey) -> None:
+        stored = await store.append(key, [_msg(f"m{i}") for i in range(5)])
+        assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
+        more = await store.append_one(key, _msg("m5"))
+        assert more.seq == 6
+        assert [m.content for m in await store.read_since(key)] == [f"m{i}" for i in range(6)]
+
+    async def test_append_returns_only_after_visible_to_another_handle(
+        self, store: Store, open_handle: OpenHandle, key: SessionKey
+    ) -> None:
+        await store.append_one(key, _msg("hello"))
+        other = await open_handle()
+        try:
+            assert [m.content for m in await other.read_window(key)] == ["hello"]
+        finally:
+            await other.close()
+
+    async def test_retried_idempotency_key_is_a_noop(self, store: Store, key: SessionKey) -> None:
+        first = await store.append_one(key, _msg("once", "idem-1"))
+        again = await store.append_one(key, _msg("once", "idem-1"))
+        assert again.id == first.id and again.seq == first.seq
+        both = await store.append(key, [_msg("once", "idem-1"), _msg("twice", "idem-2")])
+        assert [m.seq for m in both] == [1, 2]
+        assert len(await store.read_since(key)) == 2
+
+    async def test_idempotency_key_is_scoped_to_the_session(self, store: Store, tenant: str) -> None:
+        a, b = SessionKey(tenant, "u", "a"), SessionKey(tenant, "u", "b")
+        await store.append_one(a, _msg("x", "same"))
+        await store.append_one(b, _msg("x", "same"))
+        assert len(await store.read_since(a)) == 1 and len(await store.read_since(b)) == 1
+
+    async def test_concurrent_appends_from_many_tasks_lose_nothing(self, store: Store, key: SessionKey) -> None:
+        async def writer(w: int) -> None:
+            for i in range(20):
+                await store.append_one(key, _msg(f"w{w}-{i}", f"w{w}-{i}"))
+
+        await asyncio.gather(*(writer(w) for w in range(8)))
+        msgs = await store.read_since(key)
+        assert [m.seq for m in msgs] == list(range(1, 161))
+        assert len({m.content for m in msgs}) == 160
+        for w in range(8):  # each writer's own order is kept
+            mine = [m.content for m in msgs if m.content.startswith(f"w{w}-")]
+            assert mine == [f"w{w}-{i}" for i in range(20)]
+
+    async def test_concurrent_appends_from_two_handles(self, open_handle: OpenHandle, key: SessionKey) -> None:
+        a, b = await open_handle(), await open_handle()
+        try:
+            async def writer(s: Store, tag: str) -> None:
+                for i in range(25):
+                    await s.append_one(key, _msg(f"{tag}{i}", f"{tag}{i}"))
+
+            await asyncio.gather(writer(a, "a"), writer(b, "b"))
+            msgs = await a.read_since(key)
+            assert [m.seq for m in msgs] == list(range(1, 51))
+            assert sorted(m.content for m in msgs) == sorted([f"a{i}" for i in range(25)] + [f"b{i}" for i in range(25)])
+        finally:
+            await a.close()
+            await b.close()
+
+    # -- round trips --------------------------------------------------------------------------------
+    async def test_unicode_payload_and_metadata_round_trip(self, store: Store, key: SessionKey) -> None:
+        text = "Zoë says 日本語 ✓ \U0001F600 «quotes» \\ \"escaped\" \t tab\nnewline"
+        payload = {"type": "AssistantMessage", "content": [{"a": 1, "b": [True, None, 2.5]}], "thought": "ü"}
+        meta = {"source": "import", "nested": {"k": ["v", 1, None]}, "emoji": "\U0001F680"}
+        stamp = datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+        stored = await store.append_one(key, NewMessage(
+            role="assistant", content=text, payload=payload, payload_format="autogen/0.7:AssistantMessage",
+            author="support", idempotency_key="k1", created_at=stamp, metadata=meta,
+        ))
+        (read,) = await store.read_since(key)
+        for m in (stored, read):
+            assert m.content == text and dict(m.payload) == payload and dict(m.metadata) == meta
+            assert m.author == "support" and m.role == "assistant"
+            assert m.payload_format == "autogen/0.7:AssistantMessage"
+            assert m.created_at == stamp and m.created_at.tzinfo is not None
+            assert m.idempotency_key == "k1" and m.tokens > 0 and len(m.content_hash) == 64
+
+    async def test_timestamps_are_utc(self, store: Store, key: SessionKey) -> None:
+        plus2 = timezone(timedelta(hours=2))
+        m = await store.append_one(key, _msg("t", created_at=datetime(2024, 1, 1, 12, tzinfo=plus2)))
+        (read,) = await store.read_since(key)
+        assert read.created_at == datetime(2024, 1, 1, 10, tzinfo=timezone.utc) == m.created_at
+        assert read.created_at.utcoffset() == timedelta(0)
+
+    # -- windows -----------------------------------------------------------------------------------
+    async def test_window_last_n_oldest_first(self, store: Store, key: SessionKey) -> None:
+        await store.append(key, [_msg(f"m{i}") for i in range(10)])
+        assert [m.content for m in await store.read_window(key, last=3)] == ["m7", "m8", "m9"]
+        assert len(await store.read_window(key)) == 10
+        assert await store.read_window(key, last=0) == []
+        assert len(await store.read_window(key, last=100)) == 10
+
+    async def test_window_token_budget_keeps_newest_suffix(self, store: Store, key: SessionKey) -> None:
+        stored = await store.append(key, [_msg("word " * 10) for _ in range(10)])
+        per = stored[0].tokens
+        window = await store.read_window(key, max_tokens=per * 3 + per // 2)
+        assert [m.seq for m in window] == [8, 9, 10]
+        assert await store.read_window(key, max_tokens=per - 1) == []
+        assert [m.seq for m in await store.read_window(key, last=2, max_tokens=10_000)] == [9, 10]
+
+    async def test_read_since_and_limits(self, store: Store, key: SessionKey) -> None:
+        await store.append(key, [_msg(f"m{i}") for i in range(6)])
+        assert [m.seq for m in await store.read_since(key, 4)] == [5, 6]
+        assert [m.seq for m in await store.read_since(key, 0, limit=2)] == [1, 2]
+        assert await store.read_since(key, 6) == []
+        assert await store.read_since(key, 100) == []
+        with pytest.raises(InvalidInput):
+            await store.read_since(key, -1)
+        with pytest.raises(InvalidInput):
+            await store.read_window(key, last=-1)
+
+    async def test_unknown_session_reads_empty(self, store: Store, tenant: str) -> None:
+        k = SessionKey(tenant, "nobody", "nothing")
+        assert await store.read_window(k) == [] and await store.read_since(k) == []
+        assert await store.get_session(k) is None
+
+    # -- sessions ----------------------------------------------------------------------------------
+    async def test_session_info_and_listing(self, store: Store, tenant: str) -> None:
+        k1, k2, k3 = (SessionKey(tenant, "alice", "a"), SessionKey(tenant, "alice", "b"),
+                      SessionKey(tenant, "bob", "a"))
+        await store.append(k1, [_msg("1"), _msg("2")])
+        await store.append(k2, [_msg("3")])
+        await store.append(k3, [_msg("4")])
+        info = await store.get_session(k1)
+        assert info is not None and info.message_count == 2 and info.last_seq == 2
+        assert info.created_at <= info.updated_at
+        assert {str(s.key) for s in await store.list_sessions(tenant, "alice")} == {str(k1), str(k2)}
+        assert len(await store.list_sessions(tenant)) == 3
+        assert len(await store.list_sessions(tenant, limit=2)) == 2
+        assert len(await store.list_sessions(tenant, limit=2, offset=2)) == 1
+        assert await store.list_users(tenant) == ["alice", "bob"]
+
+    # -- isolation ---------------------------------------------------------------------------------
+    async def test_tenants_and_users_are_isolated(self, store: Store, tenant: str) -> None:
+        other_tenant = tenant + "-b"
+        keys = [SessionKey(tenant, "u", "t"), SessionKey(tenant, "v", "t"), SessionKey(other_tenant, "u", "t")]
+        for i, k in enumerate(keys):
+            await store.append_one(k, _msg(f"secret-{i}", "same-idem"))
+            await store.record_fact(k.tenant, k.user, NewFact("policy_number", f"P-{i}", f"policy P-{i}"))
+        for i, k in enumerate(keys):
+            assert [m.content for m in await store.read_since(k)] == [f"secret-{i}"]
+            facts = await store.list_facts(k.tenant, k.user)
+            assert [f.value for f in facts] == [f"P-{i}"]
+            hits = await store.search_text(k.tenant, k.user, "secret policy")
+            assert hits and all(h.tenant == k.tenant and h.user == k.user for h in hits)
+        assert await store.list_users(other_tenant) == ["u"]
+        assert await store.get_fact(other_tenant, "u", facts[0].id) is not None
+        assert await store.get_fact(tenant, "u", facts[0].id) is None
+
+    # -- state -------------------------------------------------------------------------------------
+    async def test_state_compare_and_set(self, store: Store, key: SessionKey) -> None:
+        assert await store.get_state(key, "team") is None
+        b1 = await store.put_state(key, "team", {"a": 1}, expected_version=0)
+        assert b1.version == 1
+        with pytest.raises(VersionConflict):
+            await store.put_state(key, "team", {"a": 2}, expected_version=0)
+        b2 = await store.put_state(key, "team", {"a": 2}, expected_version=1)
+        assert b2.version == 2
+        with pytest.raises(VersionConflict):
+            await store.put_state(key, "team", {"a": 3}, expected_version=1)
+        got = await store.get_state(key, "team")
+        assert got is not None and got.version == 2 and dict(got.data) == {"a": 2}
+        b3 = await store.put_state(key, "team", {"a": 4})  # unconditional
+        assert b3.version == 3
+
+    async def test_concurrent_compare_and_set_exactly_one_wins(self, store: Store, key: SessionKey) -> None:
+        await store.put_state(key, "s", {"n": 0}, expected_version=0)
+
+        async def attempt(i: int) -> bool:
+            try:
+                await store.put_state(key, "s", {"n": i}, expected_version=1)
+                return True
+            except VersionConflict:
+                return False
+
+        results = await asyncio.gather(*(attempt(i) for i in range(6)))
+        assert sum(results) == 1
+        got = await store.get_state(key, "s")
+        assert got is not None and got.version == 2
+
+    async def test_list_states_names_what_a_session_holds(self, store: Store, key: SessionKey) -> None:
+        assert await store.list_states(key) == []
+        await store.put_state(key, "team", {"a": 1})
+        await store.put_state(key, "agent", {"b": 1})
+        await store.put_state(key, "agent", {"b": 2})
+        await store.put_state(SessionKey(key.tenant, key.user, "other-thread"), "elsewhere", {})
+        await store.put_state(SessionKey(key.tenant + "-b", key.user, key.thread), "other-tenant", {})
+        assert await store.list_states(key) == ["agent", "team"]
+        await store.delete_session(key)
+        assert await store.list_states(key) == []
+
+    # -- deletion ----------------------------------------------------------------------------------
+    async def test_close_never_deletes(self, open_handle: OpenHandle, key: SessionKey) -> None:
+        s = await open_handle()
+        await s.append_one(key, _msg("keep me"))
+        await s.put_state(key, "agent", {"x": 1})
+        await s.close()
+        await s.close()  # idempotent
+        s2 = await open_handle()
+        try:
+            assert [m.content for m in await s2.read_since(key)] == ["keep me"]
+            assert (await s2.get_state(key, "agent")) is not None
+        finally:
+            await s2.close()
+
+    async def test_delete_session_is_explicit_and_audited(self, store: Store, tenant: str) -> None:
+        gone, kept = SessionKey(tenant, "u", "gone"), SessionKey(tenant, "u", "kept")
+        await store.append(gone, [_msg("a"), _msg("b")])
+        await store.put_state(gone, "agent", {"x": 1})
+        await store.append(kept, [_msg("c")])
+        receipt = await store.delete_session(gone)
+        assert receipt.counts["messages"] == 2 and receipt.counts["states"] == 1
+        assert await store.read_since(gone) == [] and await store.get_state(gone, "agent") is None
+        assert await store.get_session(gone) is None
+        assert [m.content for m in await store.read_since(kept)] == ["c"]
+        ops = [e.operation for e in await store.list_audit(tenant)]
+        assert "session.delete" in ops
+
+    async def test_delete_user_removes_everything_of_that_user_only(self, store: Store, tenant: str) -> None:
+        for user in ("gone", "kept"):
+            for t in ("a", "b"):
+                await store.append_one(SessionKey(tenant, user, t), _msg(f"{user} {t}"))
+            await store.record_fact(tenant, user, NewFact("email", f"{user}@x.io", f"email {user}@x.io"))
+        receipt = await store.delete_user(tenant, "gone")
+        assert receipt.counts["sessions"] == 2 and receipt.counts["messages"] == 2 and receipt.counts["facts"] == 1
+        assert await store.list_sessions(tenant, "gone") == []
+        assert await store.list_facts(tenant, "gone", include_superseded=True) == []
+        assert await store.search_text(tenant, "gone", "gone") == []
+        assert len(await store.list_sessions(tenant, "kept")) == 2
+        assert len(await store.list_facts(tenant, "kept")) == 1
+        assert await store.list_users(tenant) == ["kept"]
+
+    # -- audit -------------------------------------------------------------------------------------
+    async def test_every_write_is_audited_with_ids_and_hashes_never_content(self, store: Store, key: SessionKey) -> None:
+        stored = await store.append(key, [_msg("the secret P-99999"), _msg("more")])
+        await store.append_one(key, _msg("the secret P-99999", stored[0].idempotency_key))  # no-op
+        await store.put_state(key, "agent", {"secret": "P-99999"})
+        await store.record_fact(key.tenant, key.user, NewFact("policy_number", "P-99999", "policy P-99999"))
+        events = await store.list_audit(key.tenant)
+        ops = [e.operation for e in events]
+        assert ops == ["message.append", "state.put", "fact.record"]
+        append = events[0]
+        assert set(append.record_ids) == {m.id for m in stored} and append.count == 2
+        assert set(append.digests) == {m.content_hash for m in stored}
+        assert all(e.actor and e.at.tzinfo is not None for e in events)
+        for e in events:
+            assert "P-99999" not in repr((e.record_ids, e.digests, e.operation, e.actor))
+        assert [e.id for e in events] == sorted(e.id for e in events)
+
+    # -- bad input ---------------------------------------------------------------------------------
+    async def test_bad_input_is_rejected_and_loses_nothing(self, store: Store, key: SessionKey) -> None:
+        await store.append_one(key, _msg("safe"))
+        bad = [
+            NewMessage(role="wizard", content="x"),
+            NewMessage(role="user", content="bad \ud800 surrogate"),
+            NewMessage(role="user", content="nul \x00 byte"),
+            NewMessage(role="user", content="x", metadata={"x": object()}),
+            NewMessage(role="user", content="x" * (store.limits.max_message_bytes + 1)),
+            NewMessage(role="user", content="x", created_at=datetime(2024, 1, 1)),  # naive
+            NewMessage(role="user", content="x", idempotency_key=""),
+        ]
+        for m in bad:
+            with pytest.raises(InvalidInput):
+                await store.append(key, [_msg("batch-mate"), m])  # whole batch refused
+        with pytest.raises(MessageTooLarge):
+            await store.append_one(key, bad[4])
+        assert [m.content for m in await store.read_since(key)] == ["safe"]
+        with pytest.raises(InvalidSessionKey):
+            SessionKey(key.tenant, "bad/user", "t")
+        with pytest.raises(AmberError):
+            await store.put_state(key, "bad name!", {})
+
+    # -- facts -------------------------------------------------------------------------------------
+    async def test_fact_supersession_keeps_history_and_provenance(self, store: Store, key: SessionKey) -> None:
+        (m1,) = await store.append(key, [_msg("my address is 1 Old Road")])
+        old = await store.record_fact(key.tenant, key.user, NewFact(
+            "address", "1 Old Road", "address: 1 Old Road", source_message_ids=(m1.id,), thread=key.thread))
+        (m2,) = await store.append(key, [_msg("I moved to 2 New Street")])
+        new = await store.record_fact(key.tenant, key.user, NewFact(
+            "address", "2 New Street", "address: 2 New Street", source_message_ids=(m2.id,)), supersedes=[old.id])
+        current = await store.list_facts(key.tenant, key.user)
+        assert [f.id for f in current] == [new.id]
+        history = await store.list_facts(key.tenant, key.user, include_superseded=True)
+        assert {f.id for f in history} == {old.id, new.id}
+        old_now = await store.get_fact(key.tenant, key.user, old.id)
+        assert old_now is not None and old_now.valid_to is not None and old_now.superseded_by == new.id
+        assert old_now.source_message_ids == (m1.id,) and new.source_message_ids == (m2.id,)
+        with pytest.raises(AmberError):
+            await store.record_fact(key.tenant, key.user, NewFact("address", "x", "x"), supersedes=[old.id])
+        assert await store.delete_fact(key.tenant, key.user, new.id) is True
+        assert await store.delete_fact(key.tenant, key.user, new.id) is False
+
+    # -- search ------------------------------------------------------------------------------------
+    async def test_lexical_scores_in_unit_range_and_ranked(self, store: Store, key: SessionKey) -> None:
+        await store.append(key, [
+            _msg("my claim number is C-7788 for the water damage"),
+            _msg("the weather is nice today"),
+            _msg("claim claim claim"),
+        ])
+        hits = await store.search_text(key.tenant, key.user, "claim C-7788 water damage", kinds=("message",))
+        assert hits
+        assert hits[0].text.startswith("my claim number")
+        assert all(0.0 <= h.score <= 1.0 for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert all(h.kind == "message" and h.seq is not None for h in hits)
+        assert await store.search_text(key.tenant, key.user, "zebra", kinds=("message",)) == []
+
+    async def test_vector_search_scores_and_tie_order_is_stable(self, store: Store, key: SessionKey) -> None:
+        msgs = await store.append(key, [_msg(f"v{i}") for i in range(4)])
+        vecs = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]
+        await store.put_vectors(key.tenant, key.user, "toy", [VectorItem("message", m.id, v) for m, v in zip(msgs, vecs)])
+        hits = await store.search_vectors(key.tenant, key.user, "toy", (1.0, 0.0, 0.0), limit=4)
+        assert hits[0].id == msgs[0].id and abs(hits[0].score - 1.0) < 1e-6
+        assert hits[-1].id == msgs[2].id and abs(hits[-1].score) < 1e-6
+        assert all(0.0 <= h.score <= 1.0 for h in hits)
+        again = await store.search_vectors(key.tenant, key.user, "toy", (1.0, 0.0, 0.0), limit=4)
+        assert [h.id for h in again] == [h.id for h in hits]
+        assert await store.search_vectors(key.tenant, "someone-else", "toy", (1.0, 0.0, 0.0)) == []
+
+    # -- learning queue ----------------------------------------------------------------------------
+    async def test_learn_jobs_are_leased_retried_and_completed(self, store: Store, key: SessionKey) -> None:
+        await store.append(key, [_msg("a"), _msg("b")])
+        mine = lambda jobs: [j for j in jobs if j.key == key]  # noqa: E731 - other clauses share the queue
+        jobs = mine(await store.claim_learn_jobs(limit=1000, lease_seconds=60, tenant=key.tenant))
+        assert sorted(j.seq for j in jobs) == [1, 2]
+        assert mine(await store.claim_learn_jobs(limit=1000, tenant=key.tenant)) == []  # leased
+        await store.fail_learn_job(jobs[0].id, "boom", retry_in=0)
+        retry = mine(await store.claim_learn_jobs(limit=1000, tenant=key.tenant))
+        assert [j.id for j in retry] == [jobs[0].id] and retry[0].attempts == 2 and retry[0].last_error == "boom"
+        await store.complete_learn_jobs([j.id for j in jobs])
+        await store.fail_learn_job(jobs[0].id, "late", retry_in=0)  # completed job: no resurrection
+        assert mine(await store.claim_learn_jobs(limit=1000, lease_seconds=0, tenant=key.tenant)) == []
+
+    # -- governance: audit completeness, chain, erasure, retention ---------------------------------
+    @staticmethod
+    async def _chained(store: Store, tenant: str) -> dict[str, tuple[int, str]]:
+        from ..errors import CapabilityMissing
+
+        try:
+            return await store.chain_audit(tenant)
+        except CapabilityMissing as exc:  # a backend that has not implemented the chain yet
+            pytest.skip(str(exc))
+
+    async def test_every_public_operation_leaves_exactly_its_audit_entries(self, store: Store, tenant: str) -> None:
+        from collections import Counter
+
+        await self._chained(store, tenant)
+        key = SessionKey(tenant, "u-1", "t-1")
+        expected: list[tuple[str, str | None, str | None, frozenset[str]]] = []
+
+        def want(op: str, ids: Any, user: str | None = "u-1", thread: str | None = None) -> None:
+            expected.append((op, user, thread, frozenset(ids)))
+
+        m1, m2 = await store.append(key, [_msg("my policy is P-4242", "i1"), _msg("thanks", "i2")])
+        want("message.append", [m1.id, m2.id], thread="t-1")
+        await store.append_one(key, _msg("my policy is P-4242", "i1"))  # a retry writes nothing
+        want("message.read", [m1.id, m2.id], thread="t-1")
+        assert len(await store.read_window(key)) == 2
+        want("message.read", [m2.id], thread="t-1")
+        assert len(await store.read_since(key, 1)) == 1
+        await store.put_state(key, "agent", {"x": 1})
+        want("state.put", ["agent@1"], thread="t-1")
+        assert await store.get_state(key, "agent") is not None
+        want("state.read", ["agent@1"], thread="t-1")
+        assert await store.get_state(key, "none") is None
+        want("state.read", [], thread="t-1")
+        fact = await store.record_fact(tenant, "u-1", NewFact("policy_number", "P-4242", "policy P-4242",
+                                                              source_message_ids=(m1.id,)))
+        want("fact.record", [fact.id], thread=None)
+        assert [f.id for f in await store.list_facts(tenant, "u-1")] == [fact.id]
+        want("fact.read", [fact.id])
+        assert await store.get_fact(tenant, "u-1", fact.id) is not None
+        want("fact.read", [fact.id])
+        hits = await store.search_text(tenant, "u-1", "policy P-4242")
+        want("search.text", [h.id for h in hits])
+        await store.put_vectors(tenant, "u-1", "toy", [VectorItem("message", m1.id, (1.0, 0.0))])
+        want("vector.put", [f"message:{m1.id}"])
+        vhits = await store.search_vectors(tenant, "u-1", "toy", (1.0, 0.0))
+        want("search.vector", [h.id for h in vhits])
+        jobs = [j for j in await store.claim_learn_jobs(limit=1000, tenant=tenant) if j.key == key]
+        assert len(jobs) == 2
+        await store.fail_learn_job(jobs[0].id, "boom", retry_in=None)
+        want("learn.fail", [jobs[0].id, jobs[0].message_id], thread="t-1")
+        await store.complete_learn_jobs([jobs[1].id])
+        assert await store.delete_fact(tenant, "u-1", fact.id) is True
+        want("fact.delete", [fact.id])
+        assert await store.delete_fact(tenant, "u-1", fact.id) is False  # nothing deleted: no entry
+        # metadata reads are not memory-record reads: no entries
+        await store.get_session(key)
+        await store.list_sessions(tenant)
+        await store.list_users(tenant)
+        await store.list_states(key)
+        await store.delete_session(key)
+        want("session.delete", [m1.id, m2.id, "state:t-1/agent@1"], thread="t-1")
+        (m3,) = await store.append(SessionKey(tenant, "u-2", "t"), [_msg("bye")])
+        want("message.append", [m3.id], user="u-2", thread="t")
+        await store.delete_user(tenant, "u-2")
+        want("user.delete", [m3.id], user="u-2")
+
+        await self._chained(store, tenant)  # writes this handle's buffered reads
+        events = await store.list_audit(tenant, limit=1000)
+        got = Counter((e.operation, e.user, e.thread, frozenset(e.record_ids)) for e in events)
+        wanted = Counter(expected)
+        missing = wanted - got
+        extra = got - wanted
+        assert not missing, f"missing audit entries: {sorted(missing)}"
+        assert not extra, f"unexpected audit entries: {sorted(extra)}"
+        for e in events:
+            assert e.actor and e.at.tzinfo is not None and e.count == (1 if e.operation == "learn.fail" else len(e.record_ids))
+            assert "P-4242" not in repr((e.record_ids, e.digests, e.operation, e.actor))
+
+    async def test_reads_are_audited_durably_by_close(self, open_handle: OpenHandle, key: SessionKey) -> None:
+        writer = await open_handle()
+        try:
+            await self._chained(writer, key.tenant)
+            (m,) = await writer.append(key, [_msg("hello")])
+        finally:
+            await writer.close()
+        reader = await open_handle()
+        await reader.read_window(key)
+        await reader.close()  # buffered read entries are written at close at the latest
+        check = await open_handle()
+        try:
+            reads = await check.list_audit(key.tenant, operation="message.read")
+            assert [(e.record_ids, e.thread) for e in reads] == [((m.id,), key.thread)]
+        finally:
+            await check.close()
+
+    async def test_audit_chain_links_every_entry_per_tenant(self, store: Store, tenant: str) -> None:
+        from ..governance.audit import GENESIS, link, verify_audit
+
+        await self._chained(store, tenant)
+        other = tenant + "-b"
+        for t in (tenant, other):
+            k = SessionKey(t, "u", "t")
+            await store.append(k, [_msg("a"), _msg("b")])
+            await store.read_window(k)
+            await store.put_state(k, "s", {"v": 1})
+        heads = await store.chain_audit(tenant)
+        events = await store.list_audit(tenant)
+        assert len(events) == 3 and all(e.chain_seq is not None for e in events)
+        ordered = sorted(events, key=lambda e: e.chain_seq)  # type: ignore[arg-type, return-value]
+        assert [e.chain_seq for e in ordered] == [1, 2, 3]
+        prev = GENESIS
+        for e in ordered:
+            assert e.chain_hash == link(prev, e, e.chain_seq)  # type: ignore[arg-type]
+            prev = e.chain_hash  # type: ignore[assignment]
+        assert heads[tenant] == (3, prev)
+        result = await verify_audit(store, tenant)
+        assert result.ok and result.entries == 3 and result.unchained == 0
+        assert (await verify_audit(store, other)).ok  # the other tenant has its own chain
+
+    async def test_late_learning_job_cannot_resurrect_an_erased_user(self, store: Store, tenant: str) -> None:
+        await self._chained(store, tenant)
+        key = SessionKey(tenant, "gone", "t")
+        (m,) = await store.append(key, [_msg("my card is SENTINEL-1")])
+        (job,) = [j for j in await store.claim_learn_jobs(limit=1000, tenant=tenant) if j.key == key]
+        await store.delete_user(tenant, "gone")  # erased while the learner holds the job
+        with pytest.raises(AmberError):
+            await store.record_fact(tenant, "gone", NewFact("card", "SENTINEL-1", "card SENTINEL-1",
+                                                            source_message_ids=(m.id,)))
+        await store.put_vectors(tenant, "gone", "toy", [VectorItem("message", m.id, (1.0, 0.0))])
+        await store.complete_learn_jobs([job.id])
+        assert await store.list_facts(tenant, "gone", include_superseded=True) == []
+        assert await store.search_vectors(tenant, "gone", "toy", (1.0, 0.0)) == []
+        assert [e.operation for e in await store.list_audit(tenant, operation="vector.put")] == []
+        # the user may come back with new data; only what was erased stays erased
+        (m2,) = await store.append(key, [_msg("hello again")])
+        f = await store.record_fact(tenant, "gone", NewFact("greeting", "hi", "said hi", source_message_ids=(m2.id,)))
+        assert [x.id for x in await store.list_facts(tenant, "gone")] == [f.id]
+
+    async def test_erasure_receipt_names_the_erased_ids_and_spares_other_users(self, store: Store, tenant: str) -> None:
+        await self._chained(store, tenant)
+        gone, kept = SessionKey(tenant, "gone", "t"), SessionKey(tenant, "kept", "t")
+        msgs = await store.append(gone, [_msg(f"g{i}") for i in range(3)])
+        await store.put_state(gone, "agent", {"x": 1})
+        fact = await store.record_fact(tenant, "gone", NewFact("a", "b", "a b"))
+        await store.append(kept, [_msg("k")])
+        await store.record_fact(tenant, "kept", NewFact("a", "b", "a b"))
+        receipt = await store.delete_user(tenant, "gone")
+        assert receipt.counts["messages"] == 3 and receipt.counts["facts"] == 1 and receipt.counts["states"] == 1
+        (entry,) = await store.list_audit(tenant, operation="user.delete")
+        assert set(entry.record_ids) == {m.id for m in msgs} | {fact.id, "state:t/agent@1"}
+        assert entry.user == "gone" and entry.count == 5
+        assert len(await store.read_since(kept)) == 1 and len(await store.list_facts(tenant, "kept")) == 1
+
+    async def test_prune_removes_what_is_past_its_ttl_and_nothing_younger(self, store: Store, tenant: str) -> None:
+        await self._chained(store, tenant)
+        old_t = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        key = SessionKey(tenant, "u", "t")
+        old_msgs = await store.append(key, [_msg("old 1", created_at=old_t), _msg("old 2", created_at=old_t)])
+        new_msgs = await store.append(key, [_msg("new 1"), _msg("new 2")])
+        other = SessionKey(tenant + "-b", "u", "t")
+        await store.append(other, [_msg("other tenant", created_at=old_t)])
+        f_old = await store.record_fact(tenant, "u", NewFact("a", "1", "a 1"))
+        s_old = await store.put_state(key, "old", {"v": 1})
+        await asyncio.sleep(0.01)  # ordering only: the cutoff must fall strictly between the two
+        f_new = await store.record_fact(tenant, "u", NewFact("b", "2", "b 2"))
+        s_new = await store.put_state(key, "new", {"v": 2})
+        cut_f = f_old.created_at + (f_new.created_at - f_old.created_at) / 2
+        cut_s = s_old.updated_at + (s_new.updated_at - s_old.updated_at) / 2
+        assert f_old.created_at < cut_f < f_new.created_at and s_old.updated_at < cut_s < s_new.updated_at
+        receipt = await store.prune(tenant, before={"messages": datetime(2021, 1, 1, tzinfo=timezone.utc),
+                                                    "facts": cut_f, "states": cut_s})
+        assert receipt.counts["messages"] == 2 and receipt.counts["facts"] == 1 and receipt.counts["states"] == 1
+        assert [m.id for m in await store.read_since(key)] == [m.id for m in new_msgs]
+        assert [f.id for f in await store.list_facts(tenant, "u", include_superseded=True)] == [f_new.id]
+        assert await store.list_states(key) == ["new"]
+        assert len(await store.read_since(other)) == 1  # another tenant is untouched
+        (entry,) = await store.list_audit(tenant, operation="retention.prune")
+        assert set(entry.record_ids) == {m.id for m in old_msgs} | {f_old.id, "state:t/old@1"}
+        (m5,) = await store.append(key, [_msg("after prune")])
+        assert m5.seq == 5  # sequence numbers never restart
+        with pytest.raises(InvalidInput):
+            await store.prune(tenant, before={"messages": datetime(2021, 1, 1)})  # naive
+        with pytest.raises(InvalidInput):
+            await store.prune(tenant, before={"everything": old_t})
