@@ -1,0 +1,419 @@
+"""``AmberMemory``: an AutoGen ``Memory`` that recalls a user's learned facts and past turns.
+
+Each turn, :meth:`AmberMemory.update_context` searches the user's memory for the last user message
+and injects ONE block of quoted data (provenance and dates, never instructions) within a token budget.
+The block replaces the previous turn's block:
+
+* with :class:`amber.autogen.DurableChatCompletionContext` through its seam ``set_memory_block`` --
+  merged into the leading system message and never written to the durable transcript;
+* with any other ``ChatCompletionContext``, as a system message placed first in what the model sees
+  (so clients that accept a single, leading system message work); the previous turn's block is
+  found and removed first, so there is never a second one.
+
+``query`` results are ``MemoryContent(content=text, mime_type="text/plain", metadata=...)`` with this
+metadata schema (see docs/memory.md)::
+
+    id                  str         message or fact id
+    kind                "turn" | "fact"
+    score               float       in [0, 1], higher is better
+    source_message_ids  list[str]   the turns a fact was learned from (a turn: itself)
+    valid_from          str | None  ISO 8601, facts only
+    valid_to            str | None  ISO 8601 when superseded, else None
+    superseded          bool        a fact with valid_to, or a turn whose fact was superseded
+    thread              str | None
+    seq                 int | None  turns only
+    created_at          str         ISO 8601
+    paths               dict        per-path scores (lexical, vector, fused, time, neighbour...)
+
+``add`` stores an explicit memory (a fact of kind ``explicit``; metadata ``attribute`` makes a later
+``add`` with the same attribute supersede it). ``clear`` deletes this user's facts, one audited
+deletion each (transcripts stay: use ``store.delete_user`` to erase a user). ``close`` never deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Any, Sequence
+
+from autogen_core import CancellationToken, Component, ComponentModel
+from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
+from autogen_core.model_context import ChatCompletionContext
+from autogen_core.models import SystemMessage, UserMessage
+from pydantic import BaseModel, Field, SecretStr
+from typing_extensions import Self
+
+from ..embed import embedder_spec, open_embedder
+from ..errors import InvalidInput, NotFound
+from ..keys import SessionKey
+from ..records import Fact, Hit, NewFact, VectorItem
+from ..recall import BLOCK_OPEN, Recall, render_block
+from ..store.base import Store
+
+__all__ = ["AmberMemory", "AmberMemoryConfig", "hit_metadata"]
+
+log = logging.getLogger("amber.autogen.memory")
+
+
+class AmberMemoryConfig(BaseModel):
+    """Component config of :class:`AmberMemory`. The store URL is a secret (it may hold a password)."""
+
+    store_url: SecretStr
+    tenant: str
+    user: str
+    thread: str
+    name: str | None = None
+    limit: int = Field(default=8, ge=1, le=200)
+    max_tokens: int = Field(default=600, ge=50)
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    modes: list[str] = Field(default_factory=lambda: ["lexical", "vector"])
+    kinds: list[str] = Field(default_factory=lambda: ["message", "fact"])
+    neighbours: int = Field(default=0, ge=0, le=5)
+    embedder: str | None = None
+    learn: bool = False
+    extractor_model_client: ComponentModel | None = None
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def hit_metadata(hit: Hit) -> dict[str, Any]:
+    """The documented metadata of one recalled hit (JSON-serialisable)."""
+    return {
+        "id": hit.id,
+        "kind": "fact" if hit.kind == "fact" else "turn",
+        "score": float(hit.score),
+        "source_message_ids": list(hit.source_message_ids),
+        "valid_from": _iso(hit.valid_from),
+        "valid_to": _iso(hit.valid_to),
+        "superseded": hit.valid_to is not None or "superseded" in hit.paths,
+        "thread": hit.thread,
+        "seq": hit.seq,
+        "created_at": _iso(hit.created_at),
+        "paths": {k: float(v) for k, v in hit.paths.items()},
+    }
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part for part in content if isinstance(part, str))
+    return ""
+
+
+class AmberMemory(Memory, Component[AmberMemoryConfig]):
+    """Long-term memory for one user (``key.tenant``/``key.user``), used from thread ``key.thread``.
+
+    ``store``: an open :class:`amber.Store` (not closed by this memory) or a store URL (opened on
+    first use, closed by :meth:`close`). ``embedder``: an embedder or spec (``"minilm"``); use the
+    same one the learner uses. ``learn=True`` runs an in-process :class:`amber.learn.Learner` while
+    the memory is started (``async with memory:`` or :meth:`start` ... :meth:`close`); otherwise run
+    ``amber worker`` or your own learner. ``extractor``: for that learner (rules by default).
+    """
+
+    component_type = "memory"
+    component_config_schema = AmberMemoryConfig
+    component_provider_override = "amber.autogen.AmberMemory"
+
+    def __init__(
+        self,
+        store: Store | str | SecretStr,
+        key: SessionKey,
+        *,
+        name: str | None = None,
+        limit: int = 8,
+        max_tokens: int = 600,
+        min_score: float = 0.0,
+        modes: Sequence[str] = ("lexical", "vector"),
+        kinds: Sequence[str] = ("message", "fact"),
+        neighbours: int = 0,
+        embedder: Any | None = None,
+        learn: bool = False,
+        extractor: Any | None = None,
+        store_url: str | SecretStr | None = None,
+    ) -> None:
+        if not isinstance(key, SessionKey):
+            raise InvalidInput(f"key must be an amber.SessionKey, got {type(key).__name__}")
+        if isinstance(store, (str, SecretStr)):
+            self._url = store if isinstance(store, SecretStr) else SecretStr(store)
+            self._store: Store | None = None
+        elif isinstance(store, Store):
+            self._store = store
+            url = store_url if store_url is not None else getattr(store, "url", "")
+            self._url = url if isinstance(url, SecretStr) else SecretStr(url)
+        else:
+            raise InvalidInput(f"store must be an amber.Store or a store URL, got {type(store).__name__}")
+        self._owns_store = self._store is None
+        self._key = key
+        self._name = name or f"amber:{key.tenant}/{key.user}"
+        self._limit = limit
+        self._max_tokens = max_tokens
+        self._min_score = min_score
+        self._modes = tuple(modes)
+        self._kinds = tuple(kinds)
+        self._neighbours = neighbours
+        self._embedder = open_embedder(embedder) if isinstance(embedder, str) else embedder
+        self._learn = learn
+        self._extractor = extractor
+        self._learner: Any = None
+        self._last_block: str | None = None
+
+    # -- identity and lifecycle ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def key(self) -> SessionKey:
+        return self._key
+
+    @property
+    def last_block(self) -> str | None:
+        """The block injected by the latest :meth:`update_context` (None if nothing was recalled)."""
+        return self._last_block
+
+    async def store(self) -> Store:
+        if self._store is None:
+            from ..store import open_store
+
+            self._store = await open_store(self._url.get_secret_value())
+        return self._store
+
+    async def start(self) -> None:
+        """Open the store and, with ``learn=True``, start the in-process learner."""
+        store = await self.store()
+        if self._learn and self._learner is None:
+            from ..learn import Learner
+
+            self._learner = Learner(store, extractor=self._extractor, embedder=self._embedder,
+                                    tenant=self._key.tenant)
+            await self._learner.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the learner this memory started and close a store it opened. Never deletes."""
+        if self._learner is not None:
+            await self._learner.stop()
+            self._learner = None
+        if self._owns_store and self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    # -- recall ------------------------------------------------------------------------------------
+    def _recall(self, store: Store) -> Recall:
+        return Recall(store, embedder=self._embedder)
+
+    async def _search(self, query: str, *, exclude_texts: Sequence[str] = (), limit: int | None = None,
+                      modes: Sequence[str] | None = None, kinds: Sequence[str] | None = None) -> list[Hit]:
+        store = await self.store()
+        hits = await self._recall(store).search(
+            self._key.tenant, self._key.user, query, limit=limit or self._limit,
+            modes=modes or self._modes, kinds=kinds or self._kinds, neighbours=self._neighbours,
+            exclude_texts=exclude_texts,
+        )
+        return [h for h in hits if h.score >= self._min_score]
+
+    @staticmethod
+    def _content(hit: Hit) -> MemoryContent:
+        return MemoryContent(content=hit.text, mime_type=MemoryMimeType.TEXT, metadata=hit_metadata(hit))
+
+    async def update_context(self, model_context: ChatCompletionContext) -> UpdateContextResult:
+        messages = await model_context.get_messages()
+        query = ""
+        for m in reversed(messages):
+            if isinstance(m, UserMessage):
+                query = _text_of(m.content)
+                break
+        hits: list[Hit] = []
+        if query.strip():
+            # Turns already in the context are not worth a second copy in the block.
+            in_context = [c for m in messages if not isinstance(m, SystemMessage)
+                          if (c := _text_of(getattr(m, "content", None)))]
+            hits = await self._search(query, exclude_texts=in_context)
+        block = render_block(hits, max_tokens=self._max_tokens)
+        await self._inject(model_context, block.text or None)
+        return UpdateContextResult(memories=MemoryQueryResult(results=[self._content(h) for h in block.hits]))
+
+    async def _inject(self, model_context: ChatCompletionContext, text: str | None) -> None:
+        self._last_block = text
+        seam = getattr(model_context, "set_memory_block", None)
+        if callable(seam):
+            seam(text)
+            return
+        # Any other context: remove our previous block, then place the new one where the model
+        # sees it first. AutoGen's contexts keep their messages in ``_messages``.
+        msgs: list[Any] = model_context._messages  # noqa: SLF001 - the base class's own storage
+        msgs[:] = [m for m in msgs if not _is_block(m)]
+        if text is None:
+            return
+        block = SystemMessage(content=text)
+        lead = 0
+        while lead < len(msgs) and isinstance(msgs[lead], SystemMessage):
+            lead += 1
+        msgs.insert(lead, block)
+        if _visible_first(await model_context.get_messages(), block):
+            return
+        # A sliding window (e.g. BufferedChatCompletionContext) cut it off: put it at the window's start.
+        msgs.remove(block)
+        window = await model_context.get_messages()
+        start = next((i for i, m in enumerate(msgs) if window and m is window[0]), None)
+        if start is not None:
+            for position in (start, start + 1):
+                msgs.insert(position, block)
+                if _visible_first(await model_context.get_messages(), block):
+                    return
+                msgs.remove(block)
+        msgs.append(block)  # last resort: visible, though not leading
+
+    async def query(
+        self, query: str | MemoryContent, cancellation_token: CancellationToken | None = None, **kwargs: Any
+    ) -> MemoryQueryResult:
+        """Recall for ``query``. kwargs: ``limit``, ``modes``, ``kinds``."""
+        text = query if isinstance(query, str) else _text_of(query.content)
+        if not isinstance(text, str):
+            raise InvalidInput("query must be text")
+        hits = await self._search(text, limit=kwargs.get("limit"), modes=kwargs.get("modes"),
+                                  kinds=kwargs.get("kinds"))
+        return MemoryQueryResult(results=[self._content(h) for h in hits])
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def add(self, content: MemoryContent, cancellation_token: CancellationToken | None = None) -> None:
+        """Store an explicit memory as a fact of kind ``explicit``. ``metadata["attribute"]`` names
+        what it is about: a later ``add`` with the same attribute and another value supersedes it."""
+        await self.add_fact(content)
+
+    async def add_fact(self, content: MemoryContent | str) -> Fact:
+        if isinstance(content, str):
+            content = MemoryContent(content=content, mime_type=MemoryMimeType.TEXT)
+        raw = content.content
+        if isinstance(raw, dict):
+            text = json.dumps(raw, ensure_ascii=False, sort_keys=True)
+        elif isinstance(raw, str):
+            text = raw
+        else:
+            raise InvalidInput("AmberMemory stores text or JSON memories, not images or bytes")
+        if not text.strip():
+            raise InvalidInput("memory content is empty")
+        meta = dict(content.metadata or {})
+        attribute = meta.pop("attribute", None) or "explicit:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        value = str(meta.pop("value", text))
+        store = await self.store()
+        tenant, user = self._key.tenant, self._key.user
+        current = [f for f in await store.list_facts(tenant, user, attribute=attribute) if f.current]
+        for f in current:
+            if f.value == value and f.text == text:
+                return f  # the same explicit memory twice is one fact
+        safe_meta = json.loads(json.dumps(meta, default=str))
+        fact = await store.record_fact(
+            tenant, user,
+            NewFact(attribute=attribute, value=value, text=text, kind="explicit", thread=self._key.thread,
+                    metadata={**safe_meta, "added_by": "AmberMemory.add"}),
+            supersedes=[f.id for f in current],
+        )
+        await self._embed_fact(store, fact)
+        return fact
+
+    async def _embed_fact(self, store: Store, fact: Fact) -> None:
+        if self._embedder is None:
+            return
+        try:
+            [vector] = await self._embedder.embed([fact.text])
+        except Exception as exc:  # the fact is stored and found lexically; `amber reindex` repairs
+            log.warning("could not embed fact %s: %s", fact.id, exc)
+            return
+        await store.put_vectors(fact.tenant, fact.user, self._embedder.name,
+                                [VectorItem("fact", fact.id, tuple(vector))])
+
+    async def correct(self, fact_id: str, value: str, *, text: str | None = None) -> Fact:
+        """Record a correction: a new fact with ``value`` supersedes ``fact_id`` (kept in history)."""
+        store = await self.store()
+        old = await store.get_fact(self._key.tenant, self._key.user, fact_id)
+        if old is None:
+            raise NotFound(f"no fact {fact_id!r} for this user")
+        if text is None:
+            text = old.text.replace(old.value, value) if old.value and old.value in old.text else value
+        fact = await store.record_fact(
+            self._key.tenant, self._key.user,
+            NewFact(attribute=old.attribute, value=value, text=text, kind=old.kind,
+                    source_message_ids=old.source_message_ids, thread=old.thread,
+                    metadata={**old.metadata, "corrects": old.id}),
+            supersedes=[old.id] if old.current else [],
+        )
+        await self._embed_fact(store, fact)
+        return fact
+
+    async def forget(self, fact_id: str) -> bool:
+        """Delete one fact (audited by the store). False if this user has no such fact."""
+        store = await self.store()
+        return await store.delete_fact(self._key.tenant, self._key.user, fact_id)
+
+    async def clear(self) -> None:
+        """Delete every fact of this user, current and superseded, one audited deletion each.
+        Transcripts are not touched."""
+        store = await self.store()
+        tenant, user = self._key.tenant, self._key.user
+        while True:
+            facts = await store.list_facts(tenant, user, include_superseded=True, limit=500)
+            if not facts:
+                break
+            for f in facts:
+                await store.delete_fact(tenant, user, f.id)
+        self._last_block = None
+
+    # -- component config --------------------------------------------------------------------------
+    def _to_config(self) -> AmberMemoryConfig:
+        url = self._url.get_secret_value()
+        if "***" in url:
+            log.warning("AmberMemory config holds a redacted store URL; pass store_url= to keep the password")
+        spec = embedder_spec(self._embedder)
+        if self._embedder is not None and spec is None:
+            log.warning("embedder %r has no spec; the config will not re-create it", self._embedder)
+        client = getattr(self._extractor, "model_client", None)
+        dumped = client.dump_component() if client is not None and hasattr(client, "dump_component") else None
+        return AmberMemoryConfig(
+            store_url=self._url, tenant=self._key.tenant, user=self._key.user, thread=self._key.thread,
+            name=self._name, limit=self._limit, max_tokens=self._max_tokens, min_score=self._min_score,
+            modes=list(self._modes), kinds=list(self._kinds), neighbours=self._neighbours,
+            embedder=None if spec == "none" else spec, learn=self._learn, extractor_model_client=dumped,
+        )
+
+    @classmethod
+    def _from_config(cls, config: AmberMemoryConfig) -> Self:
+        extractor = None
+        if config.extractor_model_client is not None:
+            from autogen_core.models import ChatCompletionClient
+
+            from ..learn import ModelExtractor
+
+            extractor = ModelExtractor(ChatCompletionClient.load_component(config.extractor_model_client))
+        return cls(
+            config.store_url, SessionKey(config.tenant, config.user, config.thread), name=config.name,
+            limit=config.limit, max_tokens=config.max_tokens, min_score=config.min_score, modes=config.modes,
+            kinds=config.kinds, neighbours=config.neighbours, embedder=config.embedder, learn=config.learn,
+            extractor=extractor,
+        )
+
+
+def _is_block(message: Any) -> bool:
+    return isinstance(message, SystemMessage) and isinstance(message.content, str) \
+        and message.content.startswith(BLOCK_OPEN)
+
+
+def _visible_first(window: Sequence[Any], block: SystemMessage) -> bool:
+    """The block is in the window and only system messages precede it."""
+    for m in window:
+        if m is block:
+            return True
+        if not isinstance(m, SystemMessage):
+            return False
+    return False
