@@ -1,0 +1,113 @@
+"""Consolidation: turn extracted candidates into facts without duplicates or silent overwrites.
+
+For each candidate, against the user's facts with the same attribute:
+
+* already learned from this very message (a job re-run after a crash) -> nothing is written;
+* same value as the current fact (exact, or near: case, spacing, punctuation, small typos) -> merge:
+  a new version with the union of source message ids supersedes it (valid_from kept), so provenance
+  grows and nothing is mutated in place;
+* another value, stated after the current one -> the new fact supersedes it (the old one gets
+  valid_to and stays in history);
+* another value, stated *before* the current one (a job that was retried late) -> kept out, counted
+  as ``stale``: an older statement never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import VersionConflict
+from ..records import Fact, Message, NewFact
+from ..store.base import Store
+from .extract import Candidate
+
+__all__ = ["ConsolidationStats", "consolidate", "same_value"]
+
+_NORM = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def _norm(value: str) -> str:
+    return _NORM.sub("", value.casefold())
+
+
+def same_value(a: str, b: str, *, near: float = 0.92) -> bool:
+    """Exact after normalisation, or a near-duplicate (similarity ratio >= ``near``)."""
+    na, nb = _norm(a), _norm(b)
+    if na == nb:
+        return True
+    if not na or not nb or min(len(na), len(nb)) < 8:
+        return False  # short values (ids, numbers) must match exactly: P-1234 vs P-1243 is an update
+    return difflib.SequenceMatcher(None, na, nb).ratio() >= near
+
+
+@dataclass
+class ConsolidationStats:
+    created: int = 0
+    merged: int = 0
+    superseded: int = 0
+    replayed: int = 0
+    stale: int = 0
+
+
+async def consolidate(
+    store: Store, message: Message, candidates: Sequence[Candidate], stats: ConsolidationStats
+) -> list[Fact]:
+    """Record ``candidates`` learned from ``message``; returns the facts that now hold them (new
+    versions and, for a re-run, the ones recorded the first time) so the caller can embed them."""
+    out: list[Fact] = []
+    for cand in candidates:
+        for _attempt in range(3):
+            try:
+                fact = await _one(store, message, cand, stats)
+                break
+            except VersionConflict:
+                continue  # another learner superseded the same fact at the same moment: re-read
+        else:
+            fact = await _one(store, message, cand, stats)
+        if fact is not None:
+            out.append(fact)
+    return out
+
+
+async def _one(store: Store, message: Message, cand: Candidate, stats: ConsolidationStats) -> Fact | None:
+    tenant, user = message.key.tenant, message.key.user
+    history = await store.list_facts(tenant, user, attribute=cand.attribute, include_superseded=True)
+    done = [f for f in history if message.id in f.source_message_ids]
+    if done:
+        stats.replayed += 1
+        current = [f for f in done if f.current]
+        return current[0] if current else None
+    current = [f for f in history if f.current]
+    same = [f for f in current if same_value(f.value, cand.value)]
+    if same:
+        old = same[0]
+        merged = await store.record_fact(
+            tenant, user,
+            NewFact(
+                attribute=old.attribute, value=old.value, text=old.text, kind=old.kind,
+                source_message_ids=(*old.source_message_ids, message.id), thread=old.thread,
+                confidence=max(old.confidence, cand.confidence), valid_from=old.valid_from,
+                metadata={**old.metadata, "merged": int(old.metadata.get("merged", 0)) + 1},
+            ),
+            supersedes=[old.id],
+        )
+        stats.merged += 1
+        return merged
+    if current and message.created_at < max(f.valid_from for f in current):
+        stats.stale += 1
+        return None
+    fact = await store.record_fact(
+        tenant, user,
+        NewFact(
+            attribute=cand.attribute, value=cand.value, text=cand.text, kind=cand.kind,
+            source_message_ids=(message.id,), thread=message.key.thread, confidence=cand.confidence,
+            valid_from=message.created_at, metadata=dict(cand.metadata),
+        ),
+        supersedes=[f.id for f in current],
+    )
+    stats.created += 1
+    stats.superseded += len(current)
+    return fact

@@ -1,0 +1,297 @@
+"""Fact extraction by rules: no model, no network, microseconds per message.
+
+It finds what support conversations hinge on: identifiers (claim, policy, order, account numbers...),
+e-mail addresses, phone numbers, dated events, "my X is Y", stated preferences ("I prefer ..."),
+standing requests ("please always ...") and what worked last time. Rules read user turns; the
+assistant's turns contribute identifiers only (e.g. "your claim number is C-7788").
+
+Whose fact it is matters as much as the value: in "my colleague Aisha's policy is P-369308" the
+policy is Aisha's, so it is learned as ``colleague_aisha:policy_number`` ("The user's colleague
+Aisha's policy number is P-369308."), never as the user's own policy number (which it would
+otherwise silently supersede). Questions ("is my phone number still 0770...?") state nothing and
+yield no statement facts.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Sequence
+
+from ..records import Message
+from .extract import Candidate, slug
+
+__all__ = ["RuleExtractor"]
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
+_MONTH_WORD = rf"(?:{_MONTHS})[a-z]*\.?"
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_IDENT = re.compile(
+    r"\b(claim|policy|order|account|ticket|case|invoice|reference|booking|membership|member|customer|contract"
+    r"|tracking|confirmation|loan|card|iban|vin)\s*(?:number|no\.?|num|#|id|ref)?\s*(?:is|was|:|=|#)?\s*"
+    r"(?:now\s+|still\s+)?(?:,?\s*(?:the\s+one\s+)?ending(?:\s+in)?\s+)?([A-Za-z0-9][A-Za-z0-9\-/]{2,40})",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+_PHONE = re.compile(r"(?<![\w\-/])(\+?\d[\d ()\-.]{5,}\d)(?![\w\-/])")
+_DATE = re.compile(
+    rf"\b(\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{2,4}}"
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH_WORD}(?:,?\s+\d{{4}})?"
+    rf"|{_MONTH_WORD}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?)\b",
+    re.IGNORECASE,
+)
+# A support agent telling the user their own details: "your adjuster is now Laura Becker".
+_YOUR_X_IS_Y = re.compile(
+    r"\byour\s+(?:[a-z][\w'-]*\s+){0,2}?(adjuster|advisor|adviser|case handler|handler|agent|engineer|contact"
+    r"|representative|manager)\s+(?:is|will be)\s+(?:now\s+)?([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,2})",
+    re.IGNORECASE,
+)
+_MY_X_IS_Y = re.compile(
+    r"\bmy\s+((?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*)\s+(?:is|are|was|'s|has changed to|changed to|has moved to)"
+    r"\s+(?:now\s+|actually\s+|still\s+)?(.+?)\s*(?:[.!?;](?:\s|$)|[;!?]|,\s*(?:and|but|so|because)\b"
+    r"|\s+(?:and|but)\s+(?=(?:my|I|I'm|please)\b)|$)",
+    re.IGNORECASE,
+)
+_I_VERB = [
+    (re.compile(r"\b(?:I|we)(?:'ve| have)?\s+(?:(?:just|finally|now|all)\s+)?(?:[\w ,]{0,30}?\s+and\s+)?"
+                r"(?:live|moved|relocated)\s+(?:in|to)\s+(.+?)\s*(?:[.!?;,]|$)",
+                re.IGNORECASE), "home_location", "The user lives in {}."),
+    (re.compile(r"\bI(?:'m| am)?\s+(?:now\s+)?(?:work|working|start|started|starting)\s+(?:at|for)\s+(.+?)"
+                r"\s*(?:[.!?;,]|\s+(?:on|from|next|this|these)\b|$)", re.IGNORECASE),
+     "employer", "The user works at {}."),
+    (re.compile(r"\b(?i:call me|I go by)\s+([A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?)"),
+     "preferred_name", "The user wants to be called {}."),
+]
+_PREFER = re.compile(
+    r"\bI(?:'d| would)?\s+(?:really\s+|much\s+|still\s+|now\s+)?(?:prefer|rather)\s+(.+?)\s*(?:[.!?;]|$)",
+    re.IGNORECASE,
+)
+_LIKE_BETTER = re.compile(r"\bI\s+like\s+(.+?)\s+(?:better|more|best)\b", re.IGNORECASE)
+_STANDING = re.compile(
+    r"(?:^|\bplease\s+|\bmake sure (?:to|you)\s+)(always|never|don't ever|do not ever)\s+(.+?)\s*(?:[.!?;]|$)",
+    re.IGNORECASE,
+)
+_WORKED = [
+    re.compile(r"\bwhat (?:worked|helped|fixed it|did the trick)(?: last time| before)? was\s+(.+?)\s*(?:[.!?;]|$)",
+               re.IGNORECASE),
+    re.compile(r"\b(?:last time|previously|before),?\s+(.+?)\s+(?:worked|fixed it|fixed the problem|solved it"
+               r"|solved the problem|did the trick|helped)\b", re.IGNORECASE),
+    re.compile(r"^(?:(?:yes|yeah|ok|okay|so|well|i think|actually),?\s+)*(.+?)\s+(?:worked|fixed it|fixed the problem"
+               r"|solved it|solved the problem|did the trick)(?:\s+last time|\s+before)?\b", re.IGNORECASE),
+]
+
+_CHANNELS = re.compile(r"\b(e-?mail|phone|call|calls|text|sms|letter|post|mail|whatsapp|chat|video)\b", re.IGNORECASE)
+_LANGUAGES = re.compile(r"\b(english|german|french|spanish|italian|dutch|portuguese|polish|turkish|arabic|chinese"
+                        r"|japanese)\b", re.IGNORECASE)
+_TIMES = re.compile(r"\b(morning|mornings|afternoon|afternoons|evening|evenings|weekend|weekends|weekday|weekdays)\b",
+                    re.IGNORECASE)
+_PRONOUN_SUBJECT = re.compile(r"^(?:it|that|this|nothing|what)\b", re.IGNORECASE)
+
+_RELATION = (r"(?:sister|brother|mother|mum|mom|father|dad|cousin|neighbour|neighbor|colleague|co-worker|aunt|uncle"
+             r"|friend|partner|wife|husband|son|daughter|boss|grandmother|grandfather|grandma|grandpa|niece|nephew"
+             r"|flatmate|roommate|landlord|landlady|manager|fianc[eé]e?|boyfriend|girlfriend|kid|child)")
+# Someone other than the user: "my (older) sister (Aisha)", "Aisha's", or a name as a subject.
+_OTHER = re.compile(
+    rf"\b(?i:my|our)\s+(?:(?i:older|younger|little|big|best|late|ex-?|step-?)\s*)?(?i:({_RELATION}))\b"
+    rf"(?:\s+([A-Z][a-z][\w-]*))?"
+    r"|\b([A-Z][a-z]{1,})['’]s\b"
+    r"|(?:^|[,;:]\s*|\b(?:and|but|so)\s+)([A-Z][a-z]{1,})\s+(?:has|had|is|was|uses|lives|works|banks|got|just|now)\b"
+)
+# The user taking the sentence back: "..., and my own number is ...", "I ..."
+_SELF = re.compile(r"\b(?i:my|I|I'm|I've|me)\b(?!\s+(?:(?i:older|younger|little|big|best|late)\s+)?(?i:" + _RELATION + r"))")
+_NOT_NAMES = frozenset("""i it this that there what who when where which how my our your his her their the a an
+please thanks thank yes no so but and also then today yesterday monday tuesday wednesday thursday friday
+saturday sunday january february march april may june july august september october november december""".split())
+
+
+_PERSON = re.compile(r"[A-Z][a-z'-]+(?: [A-Z][a-z'-]+){0,2}")  # "Nora", "Mateo Brennan"; not "user_42"
+
+# Where a stated value ends and a side remark begins: "P-123456, it covers the Subaru".
+_CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|though|when|that|she|he|they)\b)",
+                          re.IGNORECASE)
+
+
+def _owner(sentence: str, at: int) -> tuple[str, str] | None:
+    """(attribute prefix, how the fact text names them) if the value at offset ``at`` of ``sentence``
+    belongs to someone other than the user; None if it is the user's."""
+    best = None
+    for m in _OTHER.finditer(sentence[:at]):
+        relation, rel_name, possessive, subject = m.group(1), m.group(2), m.group(3), m.group(4)
+        name = rel_name or possessive or subject
+        if name and name.lower() in _NOT_NAMES:
+            name = None
+        if relation or name:
+            best = (m.end(), relation.lower() if relation else None, name)
+    if best is None:
+        return None
+    end, relation, name = best
+    if _SELF.search(sentence[end:at]):
+        return None  # "my sister lives nearby, and my number is ...": back to the user
+    who = " ".join(p for p in (relation, name) if p)
+    label = f"the user's {who}" if relation else name
+    return slug(who, words=3), label or "someone else"
+
+
+_TRAILING_TIME = re.compile(
+    r"\s+(?:last|this|next)\s+(?:week|month|year|time)$|\s+(?:recently|yesterday|today|now|though|too|as well)$"
+    r"|\s+in\s+(?:19|20)\d{2}$",  # "in 2023", not "ending in 4021"
+    re.IGNORECASE,
+)
+
+
+def _clean(value: str, limit: int = 120) -> str:
+    value = value.strip().strip("\"'`“”‘’").rstrip(".,;:!?-/ ").strip()
+    value = _TRAILING_TIME.sub("", value).strip()
+    return value[:limit]
+
+
+def _has_digit(value: str) -> bool:
+    return any(ch.isdigit() for ch in value)
+
+
+def _digits(value: str) -> int:
+    return sum(ch.isdigit() for ch in value)
+
+
+def _preference_attribute(what: str) -> str:
+    if _CHANNELS.search(what):
+        return "preference:contact_channel"
+    if _LANGUAGES.search(what):
+        return "preference:language"
+    if _TIMES.search(what):
+        return "preference:contact_time"
+    return "preference:" + slug(what, words=3)
+
+
+class RuleExtractor:
+    """Regular-expression fact extraction. Deterministic and model-free."""
+
+    name = "rules"
+
+    def __init__(self, *, identifier_roles: Sequence[str] = ("user", "assistant")) -> None:
+        self.identifier_roles = frozenset(identifier_roles)
+
+    async def extract(self, message: Message, context: Sequence[Message] = ()) -> list[Candidate]:
+        return self.extract_text(message.content, role=message.role, at=message.created_at, speaker=message.author)
+
+    def extract_text(self, text: str, *, role: str = "user", at: datetime | None = None,
+                     speaker: str | None = None) -> list[Candidate]:
+        """Candidates from one turn. ``speaker``: the author's name; a fact learned from a user turn
+        whose author is a person's name says who said it ("... (said by Nora)"), so a question
+        naming them finds it."""
+        if role not in ("user", "assistant") or not text.strip():
+            return []
+        out: list[Candidate] = []
+        seen: set[tuple[str, str]] = set()
+        said_by = ""
+        if role == "user" and speaker and _PERSON.fullmatch(speaker.strip()):
+            said_by = f" (said by {speaker.strip()})"
+
+        def add(attribute: str, value: str, fact_text: str, kind: str, confidence: float, **meta: str) -> None:
+            value = _clean(value)
+            if not value:
+                return
+            key = (attribute, value.casefold())
+            if key in seen:
+                return
+            seen.add(key)
+            body = fact_text.format(value)
+            if said_by:
+                body = body[:-1] + said_by + "." if body.endswith(".") else body + said_by
+            out.append(Candidate(attribute, value, body, kind, confidence, dict(meta)))
+
+        def add_value(attribute: str, value: str, what: str, kind: str, confidence: float,
+                      sentence: str, at: int) -> None:
+            """An identifier/contact value, attributed to whoever the sentence says it belongs to."""
+            owner = _owner(sentence, at)
+            if owner is None:
+                add(attribute, value, f"The user's {what} is {{}}.", kind, confidence)
+            else:
+                prefix, label = owner
+                add(f"{prefix}:{attribute}", value, f"{label[0].upper()}{label[1:]}'s {what} is {{}}.", kind,
+                    confidence * 0.9, about=label)
+
+        sentences = [x.strip() for x in _SENTENCE.split(text) if x.strip()]
+        for sentence in sentences:
+            identifier_spans: list[tuple[int, int]] = []
+            if role in self.identifier_roles:
+                for m in _IDENT.finditer(sentence):
+                    value = m.group(2).rstrip("-/.")
+                    if not _has_digit(value) or len(value) < 3:
+                        continue
+                    noun = m.group(1).lower()
+                    if role == "user":
+                        add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start())
+                    else:
+                        add(f"{noun}_number", value, f"The user's {noun} number is {{}}.", "identifier", 0.9)
+                    identifier_spans.append(m.span(2))
+            if role != "user":
+                continue
+            for m in _EMAIL.finditer(sentence):
+                add_value("email", m.group(0), "e-mail address", "contact", 0.9, sentence, m.start())
+            date_spans = [m.span() for m in _DATE.finditer(sentence)]
+            for m in _PHONE.finditer(sentence):
+                start, end = m.span(1)
+                if any(s <= start < e or s < end <= e for s, e in identifier_spans + date_spans):
+                    continue
+                value = m.group(1).strip()
+                if not 7 <= _digits(value) <= 15 or re.fullmatch(r"\d{4}", value):
+                    continue
+                add_value("phone", value, "phone number", "contact", 0.85, sentence, start)
+        if role != "user":
+            for sentence in sentences:
+                if sentence.endswith("?"):
+                    continue
+                for m in _YOUR_X_IS_Y.finditer(sentence):
+                    what = m.group(1).lower()
+                    add(slug(what, words=3), m.group(2), f"The user's {what} is {{}}.", "statement", 0.8)
+            return out
+
+        values = [c.value for c in out]
+        for sentence in sentences:
+            if sentence.endswith("?"):
+                continue  # a question states nothing ("is my address still 4 Oak Street?")
+            for m in _MY_X_IS_Y.finditer(sentence):
+                what = re.sub(r"^(?:new|current|old|updated)\s+", "", m.group(1).strip(), flags=re.IGNORECASE)
+                attribute = slug(what, words=4)
+                if what.lower() in ("e-mail", "email", "email address", "e-mail address"):
+                    attribute = "email"
+                elif what.lower() in ("phone", "phone number", "mobile", "mobile number", "cell", "number"):
+                    attribute = "phone"
+                value = _CLAUSE_TAIL.split(m.group(2), 1)[0]
+                if any(v.casefold() in value.casefold() for v in values):
+                    continue  # the identifier or contact rule already has it, exactly
+                if re.match(rf"(?i:{_RELATION})\b", what):
+                    # "my sister Aisha's phone is ...", "my colleague is Aisha": about them, said as such
+                    add(attribute, value, f"The user's {what} is {{}}.", "statement", 0.8)
+                    continue
+                add(attribute, value, f"The user's {what.lower()} is {{}}.", "statement", 0.85)
+            for pattern, attribute, template in _I_VERB:
+                for m in pattern.finditer(sentence):
+                    add(attribute, m.group(1), template, "statement", 0.8)
+            for m in _PREFER.finditer(sentence):
+                what = m.group(1)
+                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.8)
+            for m in _LIKE_BETTER.finditer(sentence):
+                what = m.group(1)
+                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.7)
+            for m in _STANDING.finditer(sentence):
+                verb, action = m.group(1).lower(), _clean(m.group(2))
+                if action:
+                    add("request:" + slug(f"{verb} {action}", words=6), f"{verb} {action}",
+                        "The user asked to {}.", "preference", 0.8)
+            for pattern in _WORKED:
+                m = pattern.search(sentence)
+                if m is None:
+                    continue
+                what = _clean(m.group(1))
+                if not what or _PRONOUN_SUBJECT.match(what) or len(what.split()) > 14:
+                    continue
+                add("resolution:" + slug(what, words=5), what, "What worked before: {}.", "resolution", 0.75)
+                break
+            dates = _DATE.findall(sentence)
+            if dates and len(sentence) <= 400:
+                add("event:" + slug(sentence, words=8), sentence, "The user said: {}", "event", 0.7,
+                    date=dates[0])
+        return out

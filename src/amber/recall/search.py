@@ -1,0 +1,428 @@
+"""Hybrid recall: lexical and vector search over a user's turns and facts, fused and re-ranked.
+
+No model is called on the read path except the embedder for the query's own vector. Steps:
+
+1. the lexical query keeps the question's content words and identifiers only: stop words ("what",
+   "is", "my") would otherwise match most turns weakly and push strong vector-only hits out;
+2. candidates from the store's primitives (``search_text``, ``search_vectors``), always scoped by
+   tenant and user -- and checked again here, so a backend bug cannot leak another user's memory;
+3. fusion: weighted reciprocal-rank fusion (default; rank-based, so it needs no calibration between
+   a backend's BM25 and cosine scores, and a hit found by one path keeps the score of its rank
+   there) or min-max score fusion (``fusion="score"``);
+4. re-ranking: a time expression in the query ("last week", "in May") demotes hits outside its
+   interval; turns whose facts were superseded are demoted and marked (``paths["superseded"]``);
+   recency only breaks near-ties (a newer statement above an older, equally similar one);
+5. one slot per piece of information: turns with the same text collapse into the best-ranked one,
+   and a fact and the turns it was learned from share one slot (a fact hit covers its sources);
+6. bridging (multi-hop): names and identifiers in the best hits that the query does not mention are
+   looked up once more lexically ("my emergency contact is my sister Aisha" -> "Aisha's new mobile
+   is ..."), and what that finds ranks just below its evidence;
+7. optionally, neighbouring turns of each turn hit as context (``neighbours=n``).
+
+Scores are in [0, 1], higher is better; ties keep a stable order (by id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Collection, Literal, Sequence
+
+from ..errors import InvalidInput
+from ..keys import SessionKey, validate_part
+from ..records import Hit, utcnow
+from ..store.base import Store, validate_limit
+from .timeexpr import TimeRange, parse_time_range
+
+__all__ = ["Recall", "MODES", "KINDS", "lexical_query", "STOP_WORDS"]
+
+log = logging.getLogger("amber.recall")
+
+MODES = frozenset({"lexical", "vector"})
+KINDS = frozenset({"message", "fact"})
+Fusion = Literal["rrf", "score"]
+
+# English function words and question scaffolding. Content words, names, numbers and identifiers
+# are what lexical search is good at; these only add weak matches with almost every turn.
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are aren't as at be because been before being
+below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down
+during each few for from further had hadn't has hasn't have haven't having he he'd he'll he's her here
+here's hers herself him himself his how how's i i'd i'll i'm i've if in into is isn't it it's its
+itself just let's me more most mustn't my myself no nor not now of off on once only or other ought our
+ours ourselves out over own same shan't she she'd she'll she's should shouldn't so some such than that
+that's the their theirs them themselves then there there's these they they'd they'll they're they've
+this those through to too under until up very was wasn't we we'd we'll we're we've were weren't what
+what's when when's where where's which while who who's whom why why's will with won't would wouldn't
+you you'd you'll you're you've your yours yourself yourselves also any anything did does tell remind
+please may might shall must s t d ll re ve m o y ok okay yes yeah hi hello hey thanks thank
+""".split())
+
+_TOKEN = re.compile(r"\w+(?:['’]\w+)?", re.UNICODE)
+_IDENTIFIER = re.compile(r"\b[A-Za-z]{0,4}[-/]?\d[\w\-/]*\b")
+# A bridge term: a capitalised word inside a sentence (a name), or an identifier with digits.
+_NAME = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]{2,}\b")
+
+
+def _variants(word: str) -> list[str]:
+    """The word and its commonest inflections ("live" -> "lives", "moved" -> "move"): SQLite's FTS5
+    tokenizer does not stem, and a question rarely uses the tense or number of the statement."""
+    if len(word) < 4 or not word.isalpha():
+        return [word]
+    out = [word]
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            stem = word[: -len(suffix)]
+            return out + [stem, stem + "e", stem + "s", stem + "es"]
+    if word.endswith("ies"):
+        out.append(word[:-3] + "y")
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        out.append(word[:-1])
+    else:
+        out.append(word + "s")
+    return out
+
+
+def lexical_query(query: str, *, inflections: bool = False) -> str:
+    """The words of ``query`` lexical search should use: no stop words, no single letters unless
+    part of an identifier; numbers and identifiers kept. Empty if nothing is left.
+    ``inflections``: add each word's common inflected forms (see :func:`_variants`)."""
+    words: list[str] = []
+    for token in _TOKEN.findall(query):
+        word = token.lower().replace("’", "'")
+        if word in STOP_WORDS or word.split("'")[0] in STOP_WORDS:
+            continue
+        if len(word) == 1 and not word.isdigit():
+            continue
+        if word.endswith("'s"):  # "Nora's" -> "nora": the possessive is not part of the name
+            word = word[:-2]
+        words.extend(_variants(word) if inflections else [word])
+    return " ".join(dict.fromkeys(words))
+
+
+def _bridge_terms(text: str, query_words: set[str]) -> list[str]:
+    terms = [m.group(0) for m in _NAME.finditer(text)]
+    terms += [m.group(0) for m in _IDENTIFIER.finditer(text) if any(c.isdigit() for c in m.group(0))]
+    out = []
+    for t in terms:
+        low = t.lower()
+        if low in STOP_WORDS or low in query_words or any(w in query_words for w in re.findall(r"\w+", low)):
+            continue
+        out.append(t)
+    return out
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+class Recall:
+    """Search a user's memory. ``embedder``: the same embedder the learner used (vectors are looked
+    up by its ``name``); without one, recall is lexical only.
+
+    Tuning knobs (defaults measured on two differently shaped synthetic sets, see docs/memory.md):
+    ``fusion`` ("rrf" or "score"), ``rrf_k``, ``weights`` per mode, ``fact_boost``,
+    ``recency_weight`` and ``recency_half_life_days`` (a tie-breaker: keep it small),
+    ``time_penalty`` (for hits outside a time expression's interval), ``superseded_penalty``,
+    ``pool`` (candidates per mode), ``dedup`` (one slot per text, and per fact with its sources),
+    ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        embedder: Any | None = None,
+        fusion: Fusion = "rrf",
+        rrf_k: int = 20,
+        weights: dict[str, float] | None = None,
+        fact_boost: float = 1.0,
+        recency_weight: float = 0.02,
+        recency_half_life_days: float = 30.0,
+        time_penalty: float = 0.6,
+        superseded_penalty: float = 0.6,
+        pool: int = 50,
+        dedup: bool = True,
+        bridge: int = 3,
+        bridge_weight: float = 0.5,
+        inflections: bool = False,
+    ) -> None:
+        if fusion not in ("rrf", "score"):
+            raise InvalidInput(f"fusion must be 'rrf' or 'score', got {fusion!r}")
+        self.store = store
+        self.embedder = embedder
+        self.fusion = fusion
+        self.rrf_k = rrf_k
+        self.weights = {"lexical": 1.0, "vector": 1.0, **(weights or {})}
+        self.fact_boost = fact_boost
+        self.recency_weight = recency_weight
+        self.recency_half_life_days = recency_half_life_days
+        self.time_penalty = time_penalty
+        self.superseded_penalty = superseded_penalty
+        self.pool = pool
+        self.dedup = dedup
+        self.bridge = bridge
+        self.bridge_weight = bridge_weight
+        self.inflections = inflections
+
+    async def search(
+        self,
+        tenant: str,
+        user: str,
+        query: str,
+        *,
+        limit: int = 10,
+        modes: Sequence[str] = ("lexical", "vector"),
+        kinds: Sequence[str] = ("message", "fact"),
+        now: datetime | None = None,
+        neighbours: int = 0,
+        exclude_ids: Sequence[str] = (),
+        exclude_texts: Collection[str] = (),
+    ) -> list[Hit]:
+        """The best ``limit`` hits for ``query`` in the memory of ``user`` in ``tenant``.
+
+        ``now`` anchors recency and relative time expressions (default: the current time).
+        ``neighbours``: add up to n turns before and after each turn hit (marked
+        ``paths["neighbour"]``), placed right after it. ``exclude_ids``: ids to leave out (e.g. the
+        turns already in the model's context); ``exclude_texts``: turns with exactly this text are
+        left out (what an adapter uses when it knows the context's texts but not their ids).
+        """
+        validate_part("tenant", tenant)
+        validate_part("user", user)
+        validate_limit(limit, allow_none=False)
+        validate_limit(neighbours, "neighbours", allow_none=False)
+        if not isinstance(query, str):
+            raise InvalidInput(f"query must be a string, got {type(query).__name__}")
+        bad_modes = set(modes) - MODES
+        bad_kinds = set(kinds) - KINDS
+        if bad_modes or bad_kinds or not modes or not kinds:
+            raise InvalidInput(f"modes must be a non-empty subset of {sorted(MODES)} and kinds of {sorted(KINDS)}")
+        if not query.strip() or limit == 0:
+            return []
+        now = now or utcnow()
+        pool = max(self.pool, limit * 3)
+        kinds = tuple(k for k in ("message", "fact") if k in kinds)
+        skip = set(exclude_ids)
+        skip_texts = set(exclude_texts)
+
+        def keep(hits: list[Hit]) -> list[Hit]:
+            # Defence in depth: the store scopes by tenant and user; never trust that alone.
+            return [h for h in hits if h.tenant == tenant and h.user == user and h.id not in skip
+                    and not (h.kind == "message" and h.text in skip_texts)]
+
+        lists: dict[str, list[Hit]] = {}
+        words = lexical_query(query, inflections=self.inflections)
+        if "lexical" in modes and words:
+            lists["lexical"] = keep(await self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
+        if "vector" in modes and self.embedder is not None:
+            try:
+                vector = (await self.embedder.embed([query]))[0]
+            except Exception as exc:  # recall degrades to lexical rather than failing the agent's turn
+                log.warning("query embedding failed, recalling lexically: %s", exc)
+            else:
+                lists["vector"] = keep(await self.store.search_vectors(
+                    tenant, user, self.embedder.name, vector, limit=pool, kinds=kinds))
+        fused = self._fuse(lists)
+        window = parse_time_range(query, now)
+        ranked = await self._rerank(tenant, user, fused, now, window, limit)
+        if self.dedup:
+            ranked = _one_slot_each(ranked)
+        if self.bridge and "lexical" in modes and ranked:
+            ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep)
+        top = ranked[:limit]
+        if neighbours and top:
+            top = await self._with_neighbours(tenant, user, top, neighbours, skip)
+        return top
+
+    # -- fusion ----------------------------------------------------------------------------------
+    def _fuse(self, lists: dict[str, list[Hit]]) -> dict[tuple[str, str], tuple[Hit, float, dict[str, float]]]:
+        fused: dict[tuple[str, str], tuple[Hit, float, dict[str, float]]] = {}
+        active = [m for m, hits in lists.items() if hits]
+        total_w = sum(self.weights.get(m, 1.0) for m in active) or 1.0
+        for mode in active:
+            hits = lists[mode]
+            w = self.weights.get(mode, 1.0)
+            if self.fusion == "rrf":
+                contribs = [w * (self.rrf_k + 1) / (self.rrf_k + rank + 1) for rank in range(len(hits))]
+            else:
+                hi = max(h.score for h in hits)
+                lo = min(h.score for h in hits)
+                span = hi - lo
+                contribs = [w * ((h.score - lo) / span if span > 1e-12 else 1.0) for h in hits]
+            for hit, c in zip(hits, contribs):
+                key = (hit.kind, hit.id)
+                base, score, paths = fused.get(key, (hit, 0.0, {}))
+                paths = {**paths, mode: hit.score}
+                fused[key] = (base, score + c / total_w, paths)
+        return fused
+
+    # -- re-ranking ------------------------------------------------------------------------------
+    async def _rerank(
+        self,
+        tenant: str,
+        user: str,
+        fused: dict[tuple[str, str], tuple[Hit, float, dict[str, float]]],
+        now: datetime,
+        window: TimeRange | None,
+        limit: int,
+    ) -> list[Hit]:
+        window = _anchor(window, [self._when(h) for h, _, _ in fused.values()])
+        scored: list[tuple[Hit, float, dict[str, float]]] = []
+        for hit, score, paths in fused.values():
+            paths = dict(paths)
+            at = self._when(hit)
+            if hit.kind == "fact":
+                score *= self.fact_boost
+            if self.recency_weight:
+                age_days = max(0.0, (now - at).total_seconds() / 86400.0)
+                decay = math.pow(0.5, age_days / self.recency_half_life_days) if self.recency_half_life_days else 0.0
+                score *= (1.0 - self.recency_weight) + self.recency_weight * decay
+            if window is not None:
+                if window.contains(at):
+                    paths["time"] = 1.0
+                else:
+                    score *= self.time_penalty
+            scored.append((hit, score, paths))
+        # Only the leading candidates can reach the answer: look up fact histories for those alone.
+        scored.sort(key=lambda t: -t[1])
+        head = scored[: 2 * limit + 10]
+        stale = await self._stale_sources(tenant, user, [h for h, _, _ in head if h.kind == "fact"])
+        if stale:
+            scored = [
+                (hit, score * self.superseded_penalty, {**paths, "superseded": 1.0})
+                if hit.kind == "message" and hit.id in stale else (hit, score, paths)
+                for hit, score, paths in scored
+            ]
+        # A fact ranks at least as high as the turns it was learned from: it is the distilled form.
+        by_message = {h.id: s for h, s, _ in scored if h.kind == "message"}
+        lifted = []
+        for hit, score, paths in scored:
+            if hit.kind == "fact":
+                best_source = max((by_message.get(m, 0.0) for m in hit.source_message_ids), default=0.0)
+                if best_source >= score:
+                    score = best_source * 1.0001
+            lifted.append((hit, score, paths))
+        top = max((s for _, s, _ in lifted), default=1.0)
+        scale = 1.0 / top if top > 1.0 else 1.0
+        out = [
+            replace(hit, score=max(0.0, min(1.0, s * scale)), paths={**paths, "fused": max(0.0, min(1.0, s * scale))})
+            for hit, s, paths in lifted
+        ]
+        out.sort(key=lambda h: (-h.score, 0 if h.kind == "fact" else 1, h.id))
+        return out
+
+    @staticmethod
+    def _when(hit: Hit) -> datetime:
+        return hit.valid_from if hit.kind == "fact" and hit.valid_from else hit.created_at
+
+    async def _stale_sources(self, tenant: str, user: str, fact_hits: Sequence[Hit]) -> set[str]:
+        """Ids of turns whose facts were superseded by a newer value (and back no current fact)."""
+        if not fact_hits:
+            return set()
+        attributes: set[str] = set()
+        for hit in fact_hits:
+            fact = await self.store.get_fact(tenant, user, hit.id)
+            if fact is not None:
+                attributes.add(fact.attribute)
+        stale: set[str] = set()
+        for attribute in attributes:
+            history = await self.store.list_facts(tenant, user, attribute=attribute, include_superseded=True,
+                                                  limit=200)
+            current_sources = {m for f in history if f.current for m in f.source_message_ids}
+            current_values = {f.value.casefold() for f in history if f.current}
+            for f in history:
+                if not f.current and f.value.casefold() not in current_values:
+                    stale.update(m for m in f.source_message_ids if m not in current_sources)
+        return stale
+
+    async def _bridge(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str],
+                      kinds: Sequence[str], limit: int, keep: Any) -> list[Hit]:
+        """Multi-hop: one more lexical lookup for names and identifiers the best hits mention and the
+        query does not; each find ranks just below the hit that named it."""
+        seeds: dict[str, Hit] = {}
+        for hit in ranked[: self.bridge]:
+            for term in _bridge_terms(hit.text, query_words):
+                seeds.setdefault(term.lower(), hit)
+        if not seeds:
+            return ranked
+        found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
+                                                  kinds=kinds))
+        present = {(h.kind, h.id) for h in ranked[:limit]}
+        covered = {m for h in ranked[:limit] for m in (h.source_message_ids or (h.id,))} | {
+            h.id for h in ranked[:limit]}
+        texts = {_norm_text(h.text) for h in ranked[:limit]}
+        extra: list[Hit] = []
+        for h in found:
+            if (h.kind, h.id) in present or h.id in covered or _norm_text(h.text) in texts:
+                continue
+            words = {w.lower() for w in re.findall(r"\w+", h.text)}
+            seed = next((hit for term, hit in seeds.items() if term in words or term in h.text.lower()), None)
+            if seed is None:
+                continue
+            score = seed.score * self.bridge_weight
+            extra.append(replace(h, score=score, paths={"bridge": h.score, "fused": score}))
+            texts.add(_norm_text(h.text))
+        if not extra:
+            return ranked
+        rest = [h for h in ranked if (h.kind, h.id) not in {(e.kind, e.id) for e in extra}]
+        merged = rest + extra
+        merged.sort(key=lambda h: (-h.score, 0 if h.kind == "fact" else 1, h.id))
+        return merged
+
+    async def _with_neighbours(
+        self, tenant: str, user: str, hits: list[Hit], n: int, skip: set[str]
+    ) -> list[Hit]:
+        seen = {(h.kind, h.id) for h in hits}
+        out: list[Hit] = []
+        for hit in hits:
+            out.append(hit)
+            if hit.kind != "message" or hit.seq is None or hit.thread is None:
+                continue
+            key = SessionKey(tenant, user, hit.thread)
+            around = await self.store.read_since(key, max(0, hit.seq - 1 - n), limit=2 * n + 1)
+            for m in around:
+                if m.seq == hit.seq or ("message", m.id) in seen or m.id in skip:
+                    continue
+                seen.add(("message", m.id))
+                score = hit.score * 0.5
+                out.append(Hit("message", m.id, score, m.content, tenant, user, hit.thread, m.seq, m.created_at,
+                               (m.id,), None, None, {"neighbour": 1.0, "fused": score}))
+        return out
+
+
+def _one_slot_each(ranked: list[Hit]) -> list[Hit]:
+    """Drop what a better-ranked hit already says: a turn repeating another turn's text, a turn a
+    better fact was learned from, and a fact whose sources all rank above it."""
+    out: list[Hit] = []
+    texts: set[str] = set()
+    covered: set[str] = set()
+    for hit in ranked:
+        if hit.kind == "message":
+            norm = _norm_text(hit.text)
+            if hit.id in covered or (norm and norm in texts):
+                continue
+            texts.add(norm)
+            covered.add(hit.id)
+        else:
+            sources = set(hit.source_message_ids)
+            if sources and sources <= covered:
+                continue
+            covered |= sources
+        out.append(hit)
+    return out
+
+
+def _anchor(window: TimeRange | None, times: Sequence[datetime]) -> TimeRange | None:
+    """Keep a time expression only if some candidate falls in it. "In May" without a year means the
+    latest May that holds memories (up to ten years back); an expression nothing matches is ignored
+    rather than allowed to push every candidate down."""
+    if window is None or not times:
+        return None
+    for shift in range(0, 11 if window.year_implied else 1):
+        candidate = window.shifted_years(-shift) if shift else window
+        if any(candidate.contains(t) for t in times):
+            return candidate
+    return None
