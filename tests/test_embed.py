@@ -1,0 +1,144 @@
+"""Embedders: the bundled MiniLM offline, an OpenAI-compatible endpoint (a real local HTTP server
+run by the test: no remote endpoint is reachable here), and the model-free hashing embedder."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from amber.embed import (
+    Embedder,
+    EmbedderUnavailable,
+    HashingEmbedder,
+    OpenAIEmbedder,
+    SentenceTransformerEmbedder,
+    embedder_spec,
+    open_embedder,
+)
+from amber.errors import InvalidInput
+
+
+def cos(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_open_embedder_specs() -> None:
+    assert open_embedder(None) is None
+    assert open_embedder("none") is None
+    assert isinstance(open_embedder("minilm"), SentenceTransformerEmbedder)
+    h = open_embedder("hash:64")
+    assert isinstance(h, HashingEmbedder) and h.dim == 64 and embedder_spec(h) == "hash:64"
+    o = open_embedder("openai:text-embedding-3-small", base_url="http://127.0.0.1:1/v1", api_key="sk-secret")
+    assert isinstance(o, OpenAIEmbedder) and o.name == "openai:text-embedding-3-small"
+    assert "sk-secret" not in repr(o)
+    for bad in ("nope", "openai:", "hash:x"):
+        with pytest.raises(InvalidInput):
+            open_embedder(bad)
+    assert isinstance(h, Embedder)
+
+
+async def test_hashing_embedder_is_deterministic_and_lexical() -> None:
+    e = HashingEmbedder(128)
+    a, b, c = await e.embed(["claim number C-7788", "claim number C-7788", "my favourite colour is blue"])
+    assert a == b and len(a) == 128
+    assert cos(a, b) > 0.99 and cos(a, c) < 0.5
+    with pytest.raises(InvalidInput):
+        await e.embed("one string")
+
+
+async def test_minilm_loads_offline_from_the_package_and_embeds_by_meaning() -> None:
+    e = SentenceTransformerEmbedder(batch_size=8)
+    vecs = await e.embed([
+        "How do I reset my password?",
+        "I forgot my login credentials and cannot sign in.",
+        "The weather in Lisbon is sunny today.",
+    ] * 4)  # 12 texts in batches of 8
+    assert e.dim == 384 and len(vecs) == 12 and all(len(v) == 384 for v in vecs)
+    assert abs(sum(x * x for x in vecs[0]) - 1.0) < 1e-3  # normalised
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2]) + 0.2
+    assert await e.embed([]) == []
+
+
+class _Endpoint:
+    """A tiny OpenAI-compatible /embeddings server on a free local port."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.mode = "ok"
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+                if endpoint.mode == "error":
+                    self.send_response(429)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "rate limited"}')
+                    return
+                if endpoint.mode == "garbage":
+                    payload: Any = {"data": [{"nope": 1}]}
+                else:
+                    # Reverse order on purpose: clients must order by "index".
+                    payload = {"data": [{"index": i, "embedding": [float(len(t)), float(i), 1.0]}
+                                        for i, t in reversed(list(enumerate(body["input"])))]}
+                raw = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[_Endpoint]:
+    ep = _Endpoint()
+    try:
+        yield ep
+    finally:
+        ep.close()
+
+
+async def test_openai_embedder_batches_orders_and_authenticates(endpoint: _Endpoint) -> None:
+    e = OpenAIEmbedder("emb-model", base_url=endpoint.url, api_key="sk-test", batch_size=2)
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    vecs = await e.embed(texts)
+    await e.aclose()
+    assert [v[0] for v in vecs] == [1.0, 2.0, 3.0, 4.0, 5.0]  # in input order despite reversed answers
+    assert e.dim == 3
+    assert [len(r["input"]) for r in endpoint.requests] == [2, 2, 1]
+    assert all(r["path"] == "/v1/embeddings" and r["model"] == "emb-model" for r in endpoint.requests)
+    assert endpoint.requests[0]["auth"] == "Bearer sk-test"
+
+
+async def test_openai_embedder_errors_are_amber_errors(endpoint: _Endpoint) -> None:
+    e = OpenAIEmbedder("m", base_url=endpoint.url)
+    endpoint.mode = "error"
+    with pytest.raises(EmbedderUnavailable, match="429"):
+        await e.embed(["x"])
+    endpoint.mode = "garbage"
+    with pytest.raises(EmbedderUnavailable, match="malformed"):
+        await e.embed(["x"])
+    await e.aclose()
+    down = OpenAIEmbedder("m", base_url="http://127.0.0.1:9/v1", timeout=2.0)
+    with pytest.raises(EmbedderUnavailable, match="unreachable") as info:
+        await down.embed(["x"])
+    assert info.value.__cause__ is not None
+    await down.aclose()

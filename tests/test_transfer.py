@@ -1,0 +1,163 @@
+"""export -> forget -> import round trips, on the in-memory reference store and on SQLite files."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import amber
+from amber import NewFact, NewMessage, SessionKey
+from amber.errors import InvalidInput
+from amber.transfer import NOT_PRESERVED, export_jsonl, import_jsonl
+
+T0 = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        pytest.importorskip("amber.store.sqlite", reason="the SQLite backend has not landed yet")
+        url = f"sqlite:///{tmp_path / 'amber.db'}"
+    else:
+        url = f"memory://transfer-{uuid.uuid4().hex}"
+    s = await amber.open_store(url)
+    yield s
+    await s.close()
+
+
+async def seed(store: amber.Store, tenant: str) -> None:
+    alice = SessionKey(tenant, "alice", "claim-7788")
+    msgs = await store.append(alice, [
+        NewMessage("user", "my policy is P-1 and I live at 1 Old Road", idempotency_key="a1",
+                   created_at=T0, metadata={"channel": "web"}),
+        NewMessage("assistant", "Noted, Zoë ✓ \U0001F600", payload={"type": "AssistantMessage", "x": [1, None, 2.5]},
+                   payload_format="autogen/0.7:AssistantMessage", author="support", idempotency_key="a2",
+                   created_at=T0 + timedelta(seconds=5)),
+        NewMessage("user", "I moved to 2 New Street", idempotency_key="a3", created_at=T0 + timedelta(days=2)),
+    ])
+    await store.put_state(alice, "team", {"turn": 3, "agents": ["support"]})
+    await store.put_state(alice, "team", {"turn": 4, "agents": ["support"]})
+    await store.put_state(SessionKey(tenant, "alice", "state-only"), "agent", {"draft": True})
+    await store.append_one(SessionKey(tenant, "alice", "other"), NewMessage("user", "second thread", idempotency_key="o1"))
+    old = await store.record_fact(tenant, "alice", NewFact(
+        "address", "1 Old Road", "address: 1 Old Road", source_message_ids=(msgs[0].id,), thread="claim-7788",
+        valid_from=T0, confidence=0.9, metadata={"by": "rules"}))
+    await store.record_fact(tenant, "alice", NewFact(
+        "address", "2 New Street", "address: 2 New Street", source_message_ids=(msgs[2].id,), thread="claim-7788",
+        valid_from=T0 + timedelta(days=2)), supersedes=[old.id])
+    await store.record_fact(tenant, "alice", NewFact("policy_number", "P-1", "policy P-1", kind="identifier",
+                                                     source_message_ids=(msgs[0].id,), valid_from=T0))
+    await store.append_one(SessionKey(tenant, "bob", "t"), NewMessage("user", "bob here", idempotency_key="b1"))
+
+
+async def dump(store: amber.Store, tenant: str, **scope) -> list[dict]:
+    return [json.loads(line) async for line in export_jsonl(store, tenant, **scope)]
+
+
+def canonical(records: list[dict], id_map: dict[str, str] | None = None) -> list[dict]:
+    """Drop what the Store contract cannot preserve (NOT_PRESERVED) and translate old ids to new."""
+    m = id_map or {}
+    out = []
+    for r in records:
+        r = dict(r)
+        if r["type"] == "header":
+            r.pop("exported_at")
+        elif r["type"] == "session":
+            for f in NOT_PRESERVED["session"]:
+                r.pop(f)
+        elif r["type"] == "state":
+            r.pop("version"), r.pop("updated_at")
+        elif r["type"] == "message":
+            r["id"] = m.get(r["id"], r["id"])
+        elif r["type"] == "fact":
+            r["id"] = m.get(r["id"], r["id"])
+            r["superseded_by"] = m.get(r["superseded_by"], r["superseded_by"])
+            r["source_message_ids"] = [m.get(s, s) for s in r["source_message_ids"]]
+            r.pop("created_at")
+        out.append(r)
+    facts = sorted((r for r in out if r["type"] == "fact"), key=lambda r: (r["user"], r["attribute"], r["valid_from"]))
+    return [r for r in out if r["type"] != "fact"] + facts
+
+
+async def test_export_forget_import_round_trips(store: amber.Store) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, tenant)
+    before = await dump(store, tenant)
+    kinds = [r["type"] for r in before]
+    assert kinds[0] == "header" and kinds[-1] == "end"
+    assert before[-1]["counts"] == {"sessions": 3, "messages": 5, "states": 2, "facts": 3}
+    assert any(r["type"] == "fact" and r["valid_to"] for r in before)  # history is exported
+
+    for user in ("alice", "bob"):
+        await store.delete_user(tenant, user)
+    emptied = await dump(store, tenant)
+    assert [r["type"] for r in emptied] == ["header", "end"] and not any(emptied[-1]["counts"].values())
+
+    report = await import_jsonl(store, tenant, [json.dumps(r) for r in before])
+    assert report.warnings == []
+    assert report.counts["messages"] == 5 and report.counts["facts"] == 3 and report.counts["states"] == 2
+    after = await dump(store, tenant)
+    assert canonical(after) == canonical(before, report.id_map)
+
+    # idempotency keys survive: a retried append after the restore is still a no-op
+    alice = SessionKey(tenant, "alice", "claim-7788")
+    again = await store.append_one(alice, NewMessage("user", "my policy is P-1 and I live at 1 Old Road",
+                                                     idempotency_key="a1", created_at=T0))
+    assert again.seq == 1 and len(await store.read_since(alice)) == 3
+
+
+async def test_import_is_idempotent_and_keeps_facts_a_session_forget_left(store: amber.Store) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, tenant)
+    lines = [line async for line in export_jsonl(store, tenant, user="alice", thread="claim-7788")]
+    await store.delete_session(SessionKey(tenant, "alice", "claim-7788"))  # facts stay with the user
+    report = await import_jsonl(store, tenant, lines)
+    assert report.counts["messages"] == 3 and report.counts.get("facts", 0) == 0  # deduped, not duplicated
+    second = await import_jsonl(store, tenant, lines)
+    assert second.counts.get("messages", 0) == 0 and second.counts["messages_existing"] == 3
+    assert second.counts.get("states", 0) == 0
+    assert len(await store.read_since(SessionKey(tenant, "alice", "claim-7788"))) == 3
+    assert len(await store.list_facts(tenant, "alice", include_superseded=True)) == 3
+
+
+async def test_import_into_another_tenant_leaves_the_source_alone(store: amber.Store) -> None:
+    src, dst = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, src)
+    before = await dump(store, src)
+    report = await import_jsonl(store, dst, [json.dumps(r) for r in before])
+    assert canonical(await dump(store, dst)) == canonical(before, report.id_map)
+    assert (await dump(store, src))[1:] == before[1:]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bad_json", "bad_role", "naive_time", "not_export", "bad_user"])
+async def test_bad_import_is_refused_before_anything_is_written(store: amber.Store, damage: str) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, tenant)
+    lines = [line async for line in export_jsonl(store, tenant)]
+    target = f"t-{uuid.uuid4().hex[:8]}"
+    msg_line = next(i for i, l in enumerate(lines) if '"type":"message"' in l)
+    if damage == "truncate":
+        lines = lines[:-1]
+    elif damage == "bad_json":
+        lines[-2] = lines[-2][:-5]
+    elif damage == "bad_role":
+        lines[msg_line] = lines[msg_line].replace('"role":"user"', '"role":"wizard"')
+    elif damage == "naive_time":
+        rec = json.loads(lines[msg_line]); rec["created_at"] = "2024-01-01T00:00:00"; lines[msg_line] = json.dumps(rec)
+    elif damage == "not_export":
+        lines = ['{"hello": 1}']
+    elif damage == "bad_user":
+        rec = json.loads(lines[msg_line]); rec["user"] = "../etc"; lines[msg_line] = json.dumps(rec)
+    with pytest.raises(InvalidInput):
+        await import_jsonl(store, target, lines)
+    assert await store.list_users(target) == [] and await store.list_audit(target) == []
+
+
+async def test_export_scope_checks(store: amber.Store) -> None:
+    with pytest.raises(InvalidInput):
+        [x async for x in export_jsonl(store, "t", thread="only-thread")]
+    with pytest.raises(amber.InvalidSessionKey):
+        [x async for x in export_jsonl(store, "bad tenant")]
