@@ -264,6 +264,8 @@ class SyncStore:
     list_audit = _Blocking(Store.list_audit)
     chain_audit = _Blocking(Store.chain_audit)
     prune = _Blocking(Store.prune)
+    restore_session = _Blocking(Store.restore_session)
+    restore_facts = _Blocking(Store.restore_facts)
 
 
 def blocking_methods() -> frozenset[str]:

@@ -69,6 +69,8 @@ WRITE_OPERATIONS = frozenset({
     "message.append",  # ids + content hashes of the new messages (a retried key writes nothing)
     "state.put",       # name@version + hash of the data
     "fact.record",     # new id (+ ids it superseded) + hash of the text
+    "session.restore", # restore_session: message ids + name@version; content hashes + data hashes
+    "fact.restore",    # restore_facts: fact ids + hashes of the texts
     "fact.delete",
     "vector.put",      # kind:id + hash of each stored vector
     "learn.fail",      # job id + message id of a failed learning job

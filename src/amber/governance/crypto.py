@@ -46,12 +46,23 @@ import logging
 import os
 import struct
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Callable, Collection, Literal, Mapping, Sequence
 
 from ..errors import InvalidInput
 from ..keys import SessionKey, validate_part
-from ..records import Fact, Hit, Message, NewFact, NewMessage, StateBlob, VectorItem
-from ..store.base import Capability, Store, new_id, prepare_fact, prepare_message, select_window, validate_limit
+from ..records import Fact, Hit, Message, NewFact, NewMessage, SessionInfo, StateBlob, VectorItem
+from ..store.base import (
+    Capability,
+    Store,
+    new_id,
+    prepare_fact,
+    prepare_message,
+    prepare_restore,
+    prepare_restored_facts,
+    select_window,
+    validate_limit,
+)
 from ..store.delegating import DelegatingStore
 from ..store.memory import lexical_terms
 from ..tokens import estimate_tokens
@@ -315,6 +326,52 @@ class EncryptedStore(DelegatingStore):
                 return msgs[len(msgs) - keep:] if keep else []
             want = want * 4 if last is None else min(last, want * 4)
 
+    # -- restore ----------------------------------------------------------------------------------
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        """Sealed as append and put_state seal (fresh nonces); ids, seqs, times, versions and the
+        given content hashes pass through unchanged."""
+        if not self.config.encrypts(key.tenant):
+            return await self._inner.restore_session(key, messages, states, created_at=created_at,
+                                                     updated_at=updated_at, last_seq=last_seq)
+        # the whole call is validated in plaintext before any key is touched
+        prepare_restore(key, messages, states, created_at=created_at, updated_at=updated_at, last_seq=last_seq,
+                        limits=self.limits)
+        c = await self._cipher(key.tenant, write=True)
+        assert c is not None
+        sealed_messages = []
+        for m in messages:
+            s = self._seal_message(c, key, NewMessage(
+                role=m.role, content=m.content, payload=m.payload, payload_format=m.payload_format, author=m.author,
+                idempotency_key=m.idempotency_key, created_at=m.created_at, metadata=m.metadata))
+            sealed_messages.append(replace(m, content=s.content, payload=s.payload, idempotency_key=s.idempotency_key,
+                                           metadata=s.metadata))
+        sealed_states = [replace(b, data=c.seal_json(dict(b.data), (key.tenant, key.user, key.thread, "state", b.name)))
+                         for b in states]
+        return await self._inner.restore_session(key, sealed_messages, sealed_states, created_at=created_at,
+                                                 updated_at=updated_at, last_seq=last_seq)
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        if not self.config.encrypts(tenant):
+            return await self._inner.restore_facts(tenant, user, facts)
+        plain = prepare_restored_facts(tenant, user, facts, self.limits)
+        c = await self._cipher(tenant, write=True)
+        assert c is not None
+        await self._inner.restore_facts(tenant, user, [self._seal_fact(c, tenant, user, f) for f in plain])
+
+    def _seal_fact(self, c: _Cipher, tenant: str, user: str, fact: Any) -> Any:
+        """A NewFact or Fact with its content sealed (the attribute as a keyed HMAC)."""
+        where = (tenant, user, fact.thread, "fact")
+        return replace(
+            fact,
+            attribute="enc:" + c.blind(fact.attribute, "a"),
+            value=c.seal_text(fact.value, (*where, "value"), index=False),
+            text=c.seal_text(fact.text, (*where, "text"), index=self.config.lexical == "blind"),
+            metadata=c.seal_json({"m": dict(fact.metadata), "a": fact.attribute}, (*where, "metadata")),
+        )
+
     # -- state ------------------------------------------------------------------------------------
     async def put_state(
         self, key: SessionKey, name: str, data: Mapping[str, Any], *, expected_version: int | None = None
@@ -357,14 +414,7 @@ class EncryptedStore(DelegatingStore):
         prepare_fact(fact, self.limits)
         c = await self._cipher(tenant, write=True)
         assert c is not None
-        where = (tenant, user, fact.thread, "fact")
-        sealed = replace(
-            fact,
-            attribute="enc:" + c.blind(fact.attribute, "a"),
-            value=c.seal_text(fact.value, (*where, "value"), index=False),
-            text=c.seal_text(fact.text, (*where, "text"), index=self.config.lexical == "blind"),
-            metadata=c.seal_json({"m": dict(fact.metadata), "a": fact.attribute}, (*where, "metadata")),
-        )
+        sealed = self._seal_fact(c, tenant, user, fact)
         return self._open_fact(c, await self._inner.record_fact(tenant, user, sealed, supersedes=supersedes))
 
     def _open_fact(self, c: _Cipher | None, f: Fact) -> Fact:

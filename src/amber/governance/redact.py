@@ -35,12 +35,13 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import InvalidInput, MissingDependency
 from ..keys import SessionKey
-from ..records import Fact, Message, NewFact, NewMessage, StateBlob
-from ..store.base import Store
+from ..records import Fact, Message, NewFact, NewMessage, SessionInfo, StateBlob
+from ..store.base import Store, digest, encode_json
 from ..store.delegating import DelegatingStore
 
 __all__ = [
@@ -357,17 +358,50 @@ class RedactingStore(DelegatingStore):
     async def append(self, key: SessionKey, messages: Sequence[NewMessage]) -> list[Message]:
         return await self._inner.append(key, [self._message(key.tenant, m) for m in messages])
 
+    def _fact(self, tenant: str, fact: Any) -> Any:
+        r = self.redactor
+        return replace(
+            fact,
+            attribute=r.redact(fact.attribute, tenant),
+            value=r.redact(fact.value, tenant),
+            text=r.redact(fact.text, tenant),
+            metadata=r.redact_json(fact.metadata, tenant) if isinstance(fact.metadata, Mapping) else fact.metadata,
+        )
+
     async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()) -> Fact:
         if isinstance(fact, NewFact):
-            r = self.redactor
-            fact = replace(
-                fact,
-                attribute=r.redact(fact.attribute, tenant),
-                value=r.redact(fact.value, tenant),
-                text=r.redact(fact.text, tenant),
-                metadata=r.redact_json(fact.metadata, tenant) if isinstance(fact.metadata, Mapping) else fact.metadata,
-            )
+            fact = self._fact(tenant, fact)
         return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes)
+
+    # A restore is a write like any other: the policy applies to it (no bypass by export/import).
+    # Redacting text that was redacted already changes nothing, so a round trip of this store's own
+    # export stays exact; where it does change a message, its content hash is recomputed, so the
+    # audit trail never keeps a hash of the unredacted text.
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        redacted = []
+        for m in messages:
+            if isinstance(m, Message) and isinstance(m.content, str):
+                new = self._message(key.tenant, NewMessage(
+                    role=m.role, content=m.content, payload=m.payload, payload_format=m.payload_format,
+                    author=m.author, idempotency_key=m.idempotency_key, created_at=m.created_at, metadata=m.metadata))
+                changed = (new.content, new.payload, new.metadata) != (m.content, m.payload, m.metadata)
+                m = replace(m, content=new.content, payload=new.payload, metadata=new.metadata)
+                if changed:
+                    payload = None if m.payload is None else encode_json(dict(m.payload), "payload")
+                    m = replace(m, content_hash=digest(m.role, m.content, payload))
+            redacted.append(m)
+        if self.redactor.redact_state:
+            states = [replace(b, data=self.redactor.redact_json(b.data, key.tenant))
+                      if isinstance(b, StateBlob) and isinstance(b.data, Mapping) else b for b in states]
+        return await self._inner.restore_session(key, redacted, states, created_at=created_at,
+                                                 updated_at=updated_at, last_seq=last_seq)
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        await self._inner.restore_facts(tenant, user, [self._fact(tenant, f) if isinstance(f, Fact) else f
+                                                       for f in facts])
 
     async def put_state(
         self, key: SessionKey, name: str, data: Mapping[str, Any], *, expected_version: int | None = None

@@ -13,6 +13,9 @@ Semantics every backend honours:
 * Facts are never overwritten: recording a fact that supersedes others sets their ``valid_to``.
 * Every write records an audit entry (ids and hashes, never content) in the same transaction;
   every read is audited asynchronously in batches; entries are hash-chained per tenant.
+* ``restore_session`` / ``restore_facts`` write records with their given identity (ids, seq,
+  timestamps, versions) into an empty target, atomically, or refuse with ``Conflict`` and write
+  nothing: the primitive behind an exact export -> forget -> import round trip.
 
 Validation and encoding that every backend needs lives here (``prepare_message``,
 ``select_window``...), so a backend is only the part that talks to its database.
@@ -30,7 +33,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Mapping, Sequence
 
-from ..errors import InvalidInput, MessageTooLarge
+from ..errors import Conflict, InvalidInput, MessageTooLarge
 from ..keys import SessionKey, validate_part
 from ..records import (
     ROLES,
@@ -54,7 +57,10 @@ __all__ = [
     "Capability",
     "StoreLimits",
     "PreparedMessage",
+    "PreparedRestore",
     "prepare_message",
+    "prepare_restore",
+    "prepare_restored_facts",
     "prepare_fact",
     "select_window",
     "digest",
@@ -64,6 +70,7 @@ __all__ = [
     "validate_state_name",
     "validate_limit",
     "MessageKind",
+    "restore_conflict",
 ]
 
 MessageKind = str  # "message" | "fact"
@@ -224,6 +231,174 @@ def prepare_fact(fact: NewFact, limits: StoreLimits) -> NewFact:
     return fact
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRestore:
+    """A validated ``restore_session`` call, encoded once, ready for any backend to insert.
+
+    ``messages`` pairs each seq with the message as ``append`` would store it, but keeping the
+    given id, created_at and content hash. ``states`` holds ``(name, version, data_json,
+    updated_at)``. ``last_seq`` 0 means no session row (state only: as ``put_state`` leaves it)."""
+
+    key: SessionKey
+    messages: list[tuple[int, PreparedMessage]]
+    states: list[tuple[str, int, str, datetime]]
+    created_at: datetime
+    updated_at: datetime
+    last_seq: int
+
+    def audit(self) -> tuple[list[str], list[str]]:
+        """The ``session.restore`` entry: message ids and ``name@version``; content and data hashes."""
+        ids = [p.id for _, p in self.messages] + [f"{n}@{v}" for n, v, _, _ in self.states]
+        digests = [p.content_hash for _, p in self.messages] + [digest(d) for _, _, d, _ in self.states]
+        return ids, digests
+
+
+def _record_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise InvalidInput(f"{what} must be a string of 1-256 characters")
+    _check_text(value, what)
+    return value
+
+
+def _sha256_hex(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidInput(f"{what} must be a lowercase hex SHA-256 digest")
+    return value
+
+
+def prepare_restore(
+    key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob], *,
+    created_at: datetime | None, updated_at: datetime | None, last_seq: int | None, limits: StoreLimits,
+) -> PreparedRestore:
+    """Validate a ``restore_session`` call before anything is written. Sequence numbers must be
+    consecutive (retention may have removed the oldest, so the first may be above 1) and end at or
+    below ``last_seq``; ids and idempotency keys unique; every record of ``key``."""
+    if not isinstance(key, SessionKey):
+        raise InvalidInput(f"expected a SessionKey, got {type(key).__name__}")
+    if isinstance(messages, (str, bytes)) or isinstance(states, (str, bytes)):
+        raise InvalidInput("messages and states must be sequences of records")
+    prepared: list[tuple[int, PreparedMessage]] = []
+    ids: set[str] = set()
+    idems: set[str] = set()
+    for m in messages:
+        if not isinstance(m, Message):
+            raise InvalidInput(f"expected Message, got {type(m).__name__}")
+        if m.key != key:
+            raise InvalidInput(f"message {m.id!r} belongs to {m.key}, not {key}")
+        if isinstance(m.seq, bool) or not isinstance(m.seq, int) or not 1 <= m.seq <= 2**63 - 1:
+            raise InvalidInput(f"message seq must be a positive 64-bit integer, got {m.seq!r}")
+        if prepared and m.seq != prepared[-1][0] + 1:
+            raise InvalidInput(f"message seqs must be consecutive: {m.seq} follows {prepared[-1][0]}")
+        if m.idempotency_key is None:
+            raise InvalidInput("a restored message needs its idempotency_key")
+        if not isinstance(m.metadata, Mapping) or not (m.payload is None or isinstance(m.payload, Mapping)):
+            raise InvalidInput("message metadata must be a mapping and payload a mapping or None")
+        p = prepare_message(NewMessage(
+            role=m.role, content=m.content, payload=m.payload, payload_format=m.payload_format, author=m.author,
+            idempotency_key=m.idempotency_key, created_at=m.created_at, metadata=m.metadata,
+        ), limits)
+        mid = _record_id(m.id, "message id")
+        if mid in ids:
+            raise InvalidInput(f"message id {mid!r} appears twice")
+        if p.idempotency_key in idems:
+            raise InvalidInput(f"idempotency key {p.idempotency_key!r} appears twice")
+        ids.add(mid)
+        idems.add(p.idempotency_key)
+        # Kept as given (the hash of what was first stored, e.g. ciphertext), not recomputed.
+        chash = _sha256_hex(m.content_hash, "content_hash")
+        prepared.append((m.seq, PreparedMessage(
+            id=mid, role=p.role, content=p.content, payload_json=p.payload_json, payload_format=p.payload_format,
+            author=p.author, idempotency_key=p.idempotency_key, created_at=p.created_at,
+            metadata_json=p.metadata_json, tokens=p.tokens, content_hash=chash,
+        )))
+    top = prepared[-1][0] if prepared else 0
+    if last_seq is None:
+        last_seq = top
+    validate_limit(last_seq, "last_seq", allow_none=False)
+    if last_seq < top:
+        raise InvalidInput(f"last_seq {last_seq} is below the last message's seq {top}")
+    blobs: list[tuple[str, int, str, datetime]] = []
+    names: set[str] = set()
+    for b in states:
+        if not isinstance(b, StateBlob):
+            raise InvalidInput(f"expected StateBlob, got {type(b).__name__}")
+        if b.key != key:
+            raise InvalidInput(f"state {b.name!r} belongs to {b.key}, not {key}")
+        name = validate_state_name(b.name)
+        if name in names:
+            raise InvalidInput(f"state {name!r} appears twice")
+        names.add(name)
+        if isinstance(b.version, bool) or not isinstance(b.version, int) or not 1 <= b.version <= 2**63 - 1:
+            raise InvalidInput(f"state version must be a positive 64-bit integer, got {b.version!r}")
+        if not isinstance(b.data, Mapping):
+            raise InvalidInput("state data must be a mapping")
+        text = encode_json(dict(b.data), "state")
+        if len(text.encode()) > limits.max_state_bytes:
+            raise MessageTooLarge(f"state is larger than {limits.max_state_bytes} bytes")
+        blobs.append((name, b.version, text, _utc(b.updated_at, "state updated_at")))
+    now = utcnow()
+    return PreparedRestore(
+        key=key, messages=prepared, states=blobs,
+        created_at=now if created_at is None else _utc(created_at, "created_at"),
+        updated_at=now if updated_at is None else _utc(updated_at, "updated_at"),
+        last_seq=last_seq,
+    )
+
+
+def prepare_restored_facts(tenant: str, user: str, facts: Sequence[Fact], limits: StoreLimits) -> list[Fact]:
+    """Validate a ``restore_facts`` call: every fact of ``tenant``/``user``, ids unique, times UTC,
+    ``valid_to`` (if any) not before ``valid_from``; returned normalised (UTC, plain metadata)."""
+    validate_part("tenant", tenant)
+    validate_part("user", user)
+    if isinstance(facts, (str, bytes)):
+        raise InvalidInput("facts must be a sequence of Fact records")
+    out: list[Fact] = []
+    ids: set[str] = set()
+    for f in facts:
+        if not isinstance(f, Fact):
+            raise InvalidInput(f"expected Fact, got {type(f).__name__}")
+        if f.tenant != tenant or f.user != user:
+            raise InvalidInput(f"fact {f.id!r} belongs to {f.tenant}/{f.user}, not {tenant}/{user}")
+        fid = _record_id(f.id, "fact id")
+        if fid in ids:
+            raise InvalidInput(f"fact id {fid!r} appears twice")
+        ids.add(fid)
+        if isinstance(f.source_message_ids, (str, bytes)):
+            raise InvalidInput("source_message_ids must be a sequence of ids")
+        sources = tuple(_record_id(s, "source message id") for s in f.source_message_ids)
+        if f.valid_from is None:
+            raise InvalidInput("a restored fact needs its valid_from")
+        if not isinstance(f.metadata, Mapping):
+            raise InvalidInput("fact metadata must be a mapping")
+        if isinstance(f.confidence, bool) or not isinstance(f.confidence, (int, float)):
+            raise InvalidInput("fact confidence must be a number")
+        prepare_fact(NewFact(
+            attribute=f.attribute, value=f.value, text=f.text, kind=f.kind, source_message_ids=sources,
+            thread=f.thread, confidence=f.confidence, valid_from=f.valid_from, metadata=f.metadata,
+        ), limits)
+        valid_from = _utc(f.valid_from, "valid_from")
+        valid_to = None if f.valid_to is None else _utc(f.valid_to, "valid_to")
+        if valid_to is not None and valid_to < valid_from:
+            raise InvalidInput(f"fact {fid!r} ends (valid_to) before it starts (valid_from)")
+        superseded_by = None if f.superseded_by is None else _record_id(f.superseded_by, "superseded_by")
+        if superseded_by is not None and valid_to is None:
+            raise InvalidInput(f"fact {fid!r} is superseded_by {superseded_by!r} but has no valid_to")
+        if f.created_at is None:
+            raise InvalidInput("a restored fact needs its created_at")
+        out.append(Fact(
+            id=fid, tenant=tenant, user=user, attribute=f.attribute, value=f.value, text=f.text, kind=f.kind,
+            source_message_ids=sources, thread=f.thread, confidence=float(f.confidence), valid_from=valid_from,
+            valid_to=valid_to, superseded_by=superseded_by, created_at=_utc(f.created_at, "created_at"),
+            metadata=decode_json(encode_json(dict(f.metadata), "metadata")),
+        ))
+    return out
+
+
+def restore_conflict(what: str) -> Conflict:
+    """The refusal every backend raises when a restore target is not empty (nothing was written)."""
+    return Conflict(f"restore refused, nothing was written: {what}")
+
+
 def validate_state_name(name: str) -> str:
     return validate_part("state name", name)
 
@@ -308,6 +483,32 @@ class Store(ABC):
 
     @abstractmethod
     async def list_users(self, tenant: str, *, limit: int = 100, offset: int = 0) -> list[str]: ...
+
+    # -- restore (exact import) ------------------------------------------------------------------
+    @abstractmethod
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        """Write a session's messages and state blobs exactly as given -- ids, seqs, created_at,
+        content hashes, idempotency keys, state versions and updated_at -- with the session's
+        ``created_at``/``updated_at``/``last_seq`` (defaults: now, now, the last message's seq).
+
+        One transaction: refuses with :class:`~amber.errors.Conflict` and writes nothing if the
+        session already holds messages (or a ``last_seq``) or any state blob, or if a message id is
+        taken; :class:`~amber.errors.InvalidInput` for bad records (seqs not consecutive, duplicate
+        ids or keys...). Like ``append``, it queues a learn job per message (the learner re-embeds
+        them; facts restored with the same source ids are not learned twice) and indexes the text
+        for ``search_text``; vectors are not part of a restore. Audited as ``session.restore``.
+        Returns the session, or None when only state blobs were given (as ``put_state`` leaves it)."""
+
+    @abstractmethod
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        """Write a user's facts exactly as given (ids, validity, ``superseded_by``, sources,
+        ``created_at``), in one transaction; refuses with :class:`~amber.errors.Conflict` and
+        writes nothing if a fact id is taken. An explicit restore: it does not consult erasure
+        receipts (``amber.transfer.restore_jsonl`` withholds what was erased after a backup).
+        Audited as ``fact.restore``."""
 
     # -- state blobs ---------------------------------------------------------------------------
     @abstractmethod

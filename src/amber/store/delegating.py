@@ -94,6 +94,17 @@ class DelegatingStore(Store):
     async def list_users(self, tenant: str, *, limit: int = 100, offset: int = 0) -> list[str]:
         return await self._inner.list_users(tenant, limit=limit, offset=offset)
 
+    # -- restore ---------------------------------------------------------------------------------
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        return await self._inner.restore_session(key, messages, states, created_at=created_at,
+                                                 updated_at=updated_at, last_seq=last_seq)
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        await self._inner.restore_facts(tenant, user, facts)
+
     # -- state -----------------------------------------------------------------------------------
     async def get_state(self, key: SessionKey, name: str) -> StateBlob | None:
         return await self._inner.get_state(key, name)

@@ -43,6 +43,9 @@ from .base import (
     new_id,
     prepare_fact,
     prepare_message,
+    prepare_restore,
+    prepare_restored_facts,
+    restore_conflict,
     select_window,
     validate_limit,
     validate_state_name,
@@ -296,6 +299,57 @@ class MemoryStore(AuditedReads, Store):
             users |= {f.user for f in self._d.facts.values() if f.tenant == tenant}
         return sorted(users)[offset: offset + limit]
 
+    # -- restore -----------------------------------------------------------------------------------
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        r = prepare_restore(key, messages, states, created_at=created_at, updated_at=updated_at,
+                            last_seq=last_seq, limits=self.limits)
+        d = self._d
+        with d.lock:
+            current = d.sessions.get(key)
+            if current is not None and (current.messages or current.last_seq):
+                raise restore_conflict(f"session {key} already holds messages")
+            if any(k == key for k, _ in d.states):
+                raise restore_conflict(f"session {key} already holds state")
+            wanted = {p.id for _, p in r.messages}
+            taken = sorted(wanted & {m.id for k, s in d.sessions.items() if k.tenant == key.tenant for m in s.messages})
+            if taken:
+                raise restore_conflict(f"message id {taken[0]!r} is taken")
+            for name, version, text, at in r.states:
+                d.states[(key, name)] = StateBlob(key, name, version, decode_json(text), at)
+            info = None
+            if r.last_seq:
+                session = d.sessions[key] = _Session(key, last_seq=r.last_seq, created_at=r.created_at,
+                                                     updated_at=r.updated_at)
+                for seq, p in r.messages:
+                    msg = Message(key=key, seq=seq, id=p.id, role=p.role, content=p.content,
+                                  payload=decode_json(p.payload_json), payload_format=p.payload_format,
+                                  author=p.author, idempotency_key=p.idempotency_key, created_at=p.created_at,
+                                  metadata=decode_json(p.metadata_json), tokens=p.tokens, content_hash=p.content_hash)
+                    session.messages.append(msg)
+                    session.by_idem[p.idempotency_key] = msg
+                    job = _Job(new_id("job"), key, msg.id, msg.seq)
+                    d.jobs[job.id] = job
+                info = self._info(session)
+            ids, digests = r.audit()
+            self._audit(key.tenant, "session.restore", user=key.user, thread=key.thread,
+                        record_ids=ids, digests=digests)
+            return info
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        restored = prepare_restored_facts(tenant, user, facts, self.limits)
+        d = self._d
+        with d.lock:
+            taken = sorted(f.id for f in restored if f.id in d.facts)
+            if taken:
+                raise restore_conflict(f"fact id {taken[0]!r} is taken")
+            for f in restored:
+                d.facts[f.id] = f
+            self._audit(tenant, "fact.restore", user=user, record_ids=[f.id for f in restored],
+                        digests=[digest(f.text) for f in restored])
+
     # -- state -------------------------------------------------------------------------------------
     async def get_state(self, key: SessionKey, name: str) -> StateBlob | None:
         validate_state_name(name)
@@ -482,7 +536,9 @@ class MemoryStore(AuditedReads, Store):
         if not erased:
             return
         inherited = {s for fid in supersedes if (f := self._d.facts.get(fid)) for s in f.source_message_ids}
-        new = [s for s in fact.source_message_ids if s not in inherited]
+        # A message that exists now (restored with its id) is not erased any more.
+        live = {m.id for k, s in self._d.sessions.items() if k.tenant == tenant and k.user == user for m in s.messages}
+        new = [s for s in fact.source_message_ids if s not in inherited and s not in live]
         if new and all(s in erased for s in new):
             from ..errors import NotFound
 

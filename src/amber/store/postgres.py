@@ -79,6 +79,9 @@ from .base import (
     new_id,
     prepare_fact,
     prepare_message,
+    prepare_restore,
+    prepare_restored_facts,
+    restore_conflict,
     select_window,
     validate_limit,
     validate_state_name,
@@ -865,6 +868,99 @@ class PostgresStore(AuditedReads, Store):
         )
         return [r[0] for r in rows]
 
+    # -- restore -----------------------------------------------------------------------------------
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        self._check_key(key)
+        r = prepare_restore(key, messages, states, created_at=created_at, updated_at=updated_at,
+                            last_seq=last_seq, limits=self.limits)
+        pk = (key.tenant, key.user, key.thread)
+        where = "tenant_id = %s AND user_id = %s AND thread_id = %s"
+        msgs = [p for _, p in r.messages]
+        async with self._tx() as conn:
+            # The session row lock, as append takes it: a concurrent append waits for our commit
+            # and then numbers after last_seq; one that got there first makes us refuse.
+            if r.last_seq:
+                cur = await conn.execute(self._sql(
+                    "INSERT INTO {s}.sessions AS s (tenant_id, user_id, thread_id) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (tenant_id, user_id, thread_id) DO UPDATE SET last_seq = s.last_seq RETURNING last_seq"),
+                    pk)
+            else:
+                cur = await conn.execute(self._sql(f"SELECT last_seq FROM {{s}}.sessions WHERE {where} FOR UPDATE"), pk)
+            row = await cur.fetchone()
+            if row is not None and row[0] > 0:
+                raise restore_conflict(f"session {key} already holds messages")
+            cur = await conn.execute(self._sql(f"SELECT 1 FROM {{s}}.states WHERE {where} LIMIT 1"), pk)
+            if await cur.fetchone():
+                raise restore_conflict(f"session {key} already holds state")
+            if msgs:
+                cur = await conn.execute(self._sql(
+                    "SELECT id FROM {s}.messages WHERE tenant_id = %s AND id = ANY(%s::text[]) LIMIT 1"),
+                    (key.tenant, [p.id for p in msgs]))
+                taken = await cur.fetchone()
+                if taken:
+                    raise restore_conflict(f"message id {taken[0]!r} is taken")
+                await conn.execute(self._sql(
+                    "INSERT INTO {s}.messages (tenant_id, user_id, thread_id, seq, id, role, content, payload, "
+                    "payload_format, author, idempotency_key, created_at, metadata, tokens, content_hash) "
+                    "SELECT %s::text, %s::text, %s::text, x.* FROM unnest(%s::bigint[], %s::text[], %s::text[], "
+                    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], "
+                    "%s::int[], %s::text[]) AS x"), (
+                    *pk, [seq for seq, _ in r.messages], [p.id for p in msgs], [p.role for p in msgs],
+                    [p.content for p in msgs], [p.payload_json for p in msgs], [p.payload_format for p in msgs],
+                    [p.author for p in msgs], [p.idempotency_key for p in msgs], [p.created_at for p in msgs],
+                    [p.metadata_json for p in msgs], [p.tokens for p in msgs], [p.content_hash for p in msgs]))
+                await conn.execute(self._sql(
+                    "INSERT INTO {s}.learn_jobs (tenant_id, id, user_id, thread_id, message_id, seq) "
+                    "SELECT %s::text, j, %s::text, %s::text, m, q FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
+                    "AS x(j, m, q)"),
+                    (*pk, [new_id("job") for _ in msgs], [p.id for p in msgs],
+                     [seq for seq, _ in r.messages]))
+            if r.last_seq:
+                await conn.execute(self._sql(
+                    f"UPDATE {{s}}.sessions SET last_seq = %s, created_at = %s, updated_at = %s WHERE {where}"),
+                    (r.last_seq, r.created_at, r.updated_at, *pk))
+            if r.states:
+                cur = await conn.execute(self._sql(
+                    "INSERT INTO {s}.states (tenant_id, user_id, thread_id, name, version, data, updated_at) "
+                    "SELECT %s::text, %s::text, %s::text, x.* FROM unnest(%s::text[], %s::bigint[], %s::text[], "
+                    "%s::timestamptz[]) AS x ON CONFLICT DO NOTHING"),
+                    (*pk, [n for n, _, _, _ in r.states], [v for _, v, _, _ in r.states],
+                     [t for _, _, t, _ in r.states], [at for _, _, _, at in r.states]))
+                if cur.rowcount != len(r.states):  # a put_state raced us
+                    raise restore_conflict(f"session {key} already holds state")
+            ids, digests = r.audit()
+            await self._audit(conn, key.tenant, "session.restore", user=key.user, thread=key.thread,
+                              record_ids=ids, digests=digests)
+        if not r.last_seq:
+            return None
+        # message_count: this backend reports last_seq (as get_session does)
+        return SessionInfo(key, r.last_seq, r.last_seq, r.created_at, r.updated_at)
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        restored = prepare_restored_facts(tenant, user, facts, self.limits)
+        async with self._tx() as conn:
+            await self._user_lock(conn, tenant, user, exclusive=False)
+            if restored:
+                cur = await conn.execute(self._sql(
+                    "SELECT id FROM {s}.facts WHERE tenant_id = %s AND id = ANY(%s::text[]) LIMIT 1"),
+                    (tenant, [f.id for f in restored]))
+                taken = await cur.fetchone()
+                if taken:
+                    raise restore_conflict(f"fact id {taken[0]!r} is taken")
+                async with conn.cursor() as cur:
+                    await cur.executemany(self._sql(
+                        "INSERT INTO {s}.facts (tenant_id, user_id, id, attribute, value, text, kind, "
+                        "source_message_ids, thread_id, confidence, valid_from, valid_to, superseded_by, created_at, "
+                        "metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s)"),
+                        [(tenant, user, f.id, f.attribute, f.value, f.text, f.kind, list(f.source_message_ids),
+                          f.thread, f.confidence, f.valid_from, f.valid_to, f.superseded_by, f.created_at,
+                          encode_json(dict(f.metadata), "metadata")) for f in restored])
+            await self._audit(conn, tenant, "fact.restore", user=user, record_ids=[f.id for f in restored],
+                              digests=[digest(f.text) for f in restored])
+
     # -- state -------------------------------------------------------------------------------------
     async def get_state(self, key: SessionKey, name: str) -> StateBlob | None:
         self._check_key(key)
@@ -1077,6 +1173,13 @@ class PostgresStore(AuditedReads, Store):
                         raise VersionConflict(f"fact {sid} is already superseded", expected=None, actual=None)
                     old.append((sid, row[1]))
             fresh = [src for src in sources if src not in inherited]
+            if fresh:
+                # A source message that exists now (restored with its id) is not erased any more.
+                cur = await conn.execute(self._sql(
+                    "SELECT 1 FROM {s}.messages WHERE tenant_id = %s AND user_id = %s AND id = ANY(%s::text[]) LIMIT 1"),
+                    (tenant, user, fresh))
+                if await cur.fetchone():
+                    fresh = []
             if fresh:
                 # A fact learned only from erased messages must not come back (a late learning job).
                 cur = await conn.execute(self._sql(

@@ -25,12 +25,13 @@ import time
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from ..errors import InvalidInput, InvalidStoreURL, MissingDependency, VersionConflict
+from ..errors import Conflict, InvalidInput, InvalidStoreURL, MissingDependency, VersionConflict
 from ..keys import SessionKey, validate_part
 from ..records import (
     DeletionReceipt,
     Message,
     NewMessage,
+    SessionInfo,
     StateBlob,
 )
 from . import redis_scripts as lua
@@ -655,6 +656,27 @@ class RedisCachedStore(DelegatingStore):
         raw = _encode_state(blob)
         await self._end(key, token, begin, ["state", name, raw if len(raw) <= self._max_state_bytes else b""])
         return blob
+
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        """A write like any other (BEGIN -> durable commit -> END), ending in an invalidation: the
+        session's cached window and state are refilled from the store on the next read."""
+        token = _nonce()
+        begin = await self._begin(key, token)
+        try:
+            info = await self._inner.restore_session(key, messages, states, created_at=created_at,
+                                                     updated_at=updated_at, last_seq=last_seq)
+        except (InvalidInput, Conflict):
+            await self._end(key, token, begin, ["none"])  # refused: nothing was written
+            raise
+        except BaseException:
+            await self._end(key, token, begin, ["fail"])
+            raise
+        self._forget(key)
+        await self._end(key, token, begin, ["fail"])
+        return info
 
     # -- the write protocol --------------------------------------------------------------------------
     async def _begin(self, key: SessionKey, token: str) -> list[Any] | None:

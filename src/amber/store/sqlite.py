@@ -74,6 +74,9 @@ from .base import (
     new_id,
     prepare_fact,
     prepare_message,
+    prepare_restore,
+    prepare_restored_facts,
+    restore_conflict,
     validate_limit,
     validate_state_name,
 )
@@ -827,6 +830,75 @@ class SQLiteStore(AuditedReads, Store):
 
         return await self._read(query)
 
+    # -- restore ----------------------------------------------------------------------------------
+    async def restore_session(
+        self, key: SessionKey, messages: Sequence[Message], states: Sequence[StateBlob] = (), *,
+        created_at: datetime | None = None, updated_at: datetime | None = None, last_seq: int | None = None,
+    ) -> SessionInfo | None:
+        r = prepare_restore(key, messages, states, created_at=created_at, updated_at=updated_at,
+                            last_seq=last_seq, limits=self.limits)
+        actor = current_actor()
+        k = (key.tenant, key.user, key.thread)
+        where = "tenant_id = ? AND user_id = ? AND thread_id = ?"
+
+        def op(conn: sqlite3.Connection) -> SessionInfo | None:
+            # Checked inside the write transaction: no append or put_state can slip in between.
+            if conn.execute(f"SELECT 1 FROM sessions WHERE {where}", k).fetchone():
+                raise restore_conflict(f"session {key} already holds messages")
+            if conn.execute(f"SELECT 1 FROM states WHERE {where} LIMIT 1", k).fetchone():
+                raise restore_conflict(f"session {key} already holds state")
+            for chunk in _chunks([p.id for _, p in r.messages], 500):
+                # message ids are unique across the whole file in this backend
+                row = conn.execute(f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(chunk))}) LIMIT 1",
+                                   chunk).fetchone()
+                if row:
+                    raise restore_conflict(f"message id {row[0]!r} is taken")
+            now = _now_us()
+            info = None
+            if r.last_seq:
+                conn.execute(
+                    "INSERT INTO sessions (tenant_id, user_id, thread_id, created_at, updated_at, last_seq, message_count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*k, _us(r.created_at), _us(r.updated_at), r.last_seq, len(r.messages)))
+                conn.executemany(_APPEND_MESSAGE, [
+                    (*k, seq, p.id, p.role, p.content, p.payload_json, p.payload_format, p.author, p.idempotency_key,
+                     _us(p.created_at), p.metadata_json, p.tokens, p.content_hash) for seq, p in r.messages])
+                conn.executemany(_APPEND_JOB, [(new_id("job"), *k, p.id, seq, now) for seq, p in r.messages])
+                info = SessionInfo(key, len(r.messages), r.last_seq, _dt(_us(r.created_at)), _dt(_us(r.updated_at)))
+            conn.executemany(
+                "INSERT INTO states (tenant_id, user_id, thread_id, name, version, data, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", [(*k, n, v, text, _us(at)) for n, v, text, at in r.states])
+            ids, digests = r.audit()
+            with_actor(conn, key.tenant, "session.restore", actor, user=key.user, thread=key.thread,
+                       record_ids=ids, digests=digests)
+            return info
+
+        return await self._write(op)
+
+    async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
+        restored = prepare_restored_facts(tenant, user, facts, self.limits)
+        rows = [(tenant, user, f.id, f.attribute, f.value, f.text, f.kind,
+                 encode_json(list(f.source_message_ids), "source_message_ids"), f.thread, f.confidence,
+                 _us(f.valid_from), None if f.valid_to is None else _us(f.valid_to), f.superseded_by,
+                 _us(f.created_at), encode_json(dict(f.metadata), "metadata")) for f in restored]
+        actor = current_actor()
+
+        def op(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks([r[2] for r in rows], 500):
+                # fact ids are unique across the whole file in this backend
+                row = conn.execute(f"SELECT id FROM facts WHERE id IN ({','.join('?' * len(chunk))}) LIMIT 1",
+                                   chunk).fetchone()
+                if row:
+                    raise restore_conflict(f"fact id {row[0]!r} is taken")
+            conn.executemany(
+                "INSERT INTO facts (tenant_id, user_id, id, attribute, value, text, kind, source_ids, thread_id,"
+                " confidence, valid_from, valid_to, superseded_by, created_at, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            with_actor(conn, tenant, "fact.restore", actor, user=user, record_ids=[f.id for f in restored],
+                       digests=[digest(f.text) for f in restored])
+
+        await self._write(op)
+
     # -- state ------------------------------------------------------------------------------------
     async def get_state(self, key: SessionKey, name: str) -> StateBlob | None:
         validate_state_name(name)
@@ -1055,7 +1127,7 @@ class SQLiteStore(AuditedReads, Store):
                 old.append((fid, row[1]))
                 inherited.update(json.loads(row[2]))
             fresh = sorted({str(x) for x in fact.source_message_ids} - inherited)
-            if fresh and _all_erased(conn, tenant, user, fresh):
+            if fresh and not _any_live(conn, tenant, user, fresh) and _all_erased(conn, tenant, user, fresh):
                 # A fact learned only from erased messages must not come back (a late learning job).
                 raise NotFound(f"the source messages of this fact were erased ({', '.join(fresh[:3])})")
             for fid, old_from in old:
@@ -1547,6 +1619,15 @@ def _all_erased(conn: sqlite3.Connection, tenant: str, user: str, ids: Sequence[
     ):
         erased.update(json.loads(record_ids))
         if erased.issuperset(ids):
+            return True
+    return False
+
+
+def _any_live(conn: sqlite3.Connection, tenant: str, user: str, ids: Sequence[str]) -> bool:
+    """Whether a message of these ids exists now: one restored with its id is not erased any more."""
+    for chunk in _chunks(list(ids), 500):
+        if conn.execute(f"SELECT 1 FROM messages WHERE id IN ({','.join('?' * len(chunk))}) AND +tenant_id = ?"
+                        " AND +user_id = ? LIMIT 1", (*chunk, tenant, user)).fetchone():
             return True
     return False
 

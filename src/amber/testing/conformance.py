@@ -384,6 +384,169 @@ class StoreConformance:
         await store.fail_learn_job(jobs[0].id, "late", retry_in=0)  # completed job: no resurrection
         assert mine(await store.claim_learn_jobs(limit=1000, lease_seconds=0, tenant=key.tenant)) == []
 
+    # -- restore: records written with their given identity ---------------------------------------
+    async def _restore_source(self, store: Store, key: SessionKey) -> tuple[Any, ...]:
+        """A session and facts as an export would carry them, read back from ``store``."""
+        t0 = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+        m1, m2, m3 = await store.append(key, [
+            _msg("my policy is P-4242 and I live at 1 Old Road", "r1", created_at=t0, metadata={"ch": "web"}),
+            NewMessage("assistant", "Noted, Zoë ✓ \U0001F600", payload={"type": "AssistantMessage", "x": [1, None]},
+                       payload_format="autogen/0.7:AssistantMessage", author="support", idempotency_key="r2",
+                       created_at=t0 + timedelta(seconds=5)),
+            _msg("I moved to 2 New Street", "r3", created_at=t0 + timedelta(days=2)),
+        ])
+        await store.put_state(key, "team", {"turn": 3})
+        await store.put_state(key, "team", {"turn": 4, "agents": ["support"]})
+        await store.put_state(key, "agent", {"draft": True})
+        old = await store.record_fact(key.tenant, key.user, NewFact(
+            "address", "1 Old Road", "address: 1 Old Road", source_message_ids=(m1.id,), thread=key.thread,
+            valid_from=t0, confidence=0.9, metadata={"by": "rules"}))
+        await store.record_fact(key.tenant, key.user, NewFact(
+            "address", "2 New Street", "address: 2 New Street", source_message_ids=(m3.id,), thread=key.thread,
+            valid_from=t0 + timedelta(days=2)), supersedes=[old.id])
+        await store.record_fact(key.tenant, key.user, NewFact("policy_number", "P-4242", "policy P-4242",
+                                                              kind="identifier", source_message_ids=(m1.id,)))
+        info = await store.get_session(key)
+        messages = await store.read_since(key)
+        states = [await store.get_state(key, n) for n in await store.list_states(key)]
+        facts = await store.list_facts(key.tenant, key.user, include_superseded=True)
+        return info, messages, states, facts
+
+    async def test_restore_after_forget_reproduces_every_record_exactly(self, store: Store, key: SessionKey) -> None:
+        info, messages, states, facts = await self._restore_source(store, key)
+        assert info is not None and len(states) == 2 and len(facts) == 3
+        await store.delete_user(key.tenant, key.user)
+        assert await store.get_session(key) is None
+
+        restored = await store.restore_session(key, messages, states, created_at=info.created_at,
+                                               updated_at=info.updated_at, last_seq=info.last_seq)
+        await store.restore_facts(key.tenant, key.user, facts)
+        assert restored == info == await store.get_session(key)
+        assert await store.read_since(key) == messages
+        assert [await store.get_state(key, b.name) for b in states] == states
+        assert await store.list_states(key) == [b.name for b in states]
+        assert await store.list_facts(key.tenant, key.user, include_superseded=True) == facts
+        assert [f.value for f in await store.list_facts(key.tenant, key.user)] == ["P-4242", "2 New Street"]
+        assert await store.list_users(key.tenant) == [key.user]
+        # searchable like appended data; learnable (the learner re-embeds it) like appended data
+        hits = await store.search_text(key.tenant, key.user, "New Street")
+        assert {h.id for h in hits} >= {messages[2].id}
+        jobs = [j for j in await store.claim_learn_jobs(limit=1000, tenant=key.tenant) if j.key == key]
+        assert sorted((j.seq, j.message_id) for j in jobs) == [(m.seq, m.id) for m in messages]
+        # the restored identity is live: a retried key is a no-op, the next append follows last_seq
+        again = await store.append_one(key, _msg(messages[0].content, "r1"))
+        assert again == messages[0]
+        assert (await store.append_one(key, _msg("after restore"))).seq == 4
+        # a restored message is no longer "erased": facts learned from it are accepted again
+        await store.record_fact(key.tenant, key.user, NewFact("greeting", "hi", "said hi",
+                                                              source_message_ids=(messages[1].id,)))
+        events = {e.operation: e for e in await store.list_audit(key.tenant)}
+        assert set(events["session.restore"].record_ids) == {m.id for m in messages} | {"agent@1", "team@2"}
+        assert set(events["fact.restore"].record_ids) == {f.id for f in facts}
+        for op in ("session.restore", "fact.restore"):
+            assert "P-4242" not in repr(events[op].record_ids + events[op].digests)
+
+    async def test_restore_keeps_seqs_a_retention_prune_left_and_state_only_sessions(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        import dataclasses
+
+        await store.append(key, [_msg(f"m{i}", f"k{i}") for i in range(4)])
+        kept = (await store.read_since(key))[2:]  # as if retention removed seq 1 and 2
+        target = SessionKey(key.tenant, key.user, "restored")
+        moved = [dataclasses.replace(m, key=target, id=f"{m.id}-copy") for m in kept]
+        info = await store.restore_session(target, moved, last_seq=4)
+        assert info is not None and info.last_seq == 4
+        assert [(m.seq, m.id) for m in await store.read_since(target)] == [(3, moved[0].id), (4, moved[1].id)]
+        assert (await store.append_one(target, _msg("next"))).seq == 5
+        only_state = SessionKey(key.tenant, key.user, "state-only")
+        blob = await store.put_state(key, "agent", {"x": 1})
+        copy = dataclasses.replace(blob, key=only_state, version=7)
+        assert await store.restore_session(only_state, [], [copy]) is None
+        assert await store.get_session(only_state) is None
+        assert await store.get_state(only_state, "agent") == copy
+
+    async def test_restore_refuses_a_target_that_is_not_empty_and_writes_nothing(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        from ..errors import Conflict
+
+        info, messages, states, facts = await self._restore_source(store, key)
+        fresh = SessionKey(key.tenant, key.user, "fresh")
+
+        def moved(k: SessionKey, suffix: str) -> list[Any]:
+            import dataclasses
+
+            return [dataclasses.replace(m, key=k, id=m.id + suffix) for m in messages]
+
+        def blobs(k: SessionKey) -> list[Any]:
+            import dataclasses
+
+            return [dataclasses.replace(b, key=k) for b in states]
+
+        with pytest.raises(Conflict):  # the session holds messages
+            await store.restore_session(key, moved(key, "-a"), [])
+        await store.put_state(fresh, "agent", {"x": 1})
+        with pytest.raises(Conflict):  # it holds state (and no messages)
+            await store.restore_session(fresh, moved(fresh, "-b"), blobs(fresh)[:1])
+        with pytest.raises(Conflict):  # a message id is taken (by another session of the tenant)
+            await store.restore_session(SessionKey(key.tenant, key.user, "empty"), moved(
+                SessionKey(key.tenant, key.user, "empty"), ""), [])
+        with pytest.raises(Conflict):  # one fact id of the batch is taken
+            import dataclasses
+
+            await store.restore_facts(key.tenant, key.user, [
+                dataclasses.replace(facts[0], id=facts[0].id + "-new"), facts[1]])
+        assert await store.read_since(key) == messages
+        assert await store.read_since(fresh) == [] and await store.get_session(fresh) is None
+        assert [m for m in await store.read_since(SessionKey(key.tenant, key.user, "empty"))] == []
+        assert await store.get_session(SessionKey(key.tenant, key.user, "empty")) is None
+        assert await store.list_states(fresh) == ["agent"]
+        assert await store.list_facts(key.tenant, key.user, include_superseded=True) == facts
+        assert await store.list_audit(key.tenant, operation="session.restore") == []
+        assert await store.list_audit(key.tenant, operation="fact.restore") == []
+        assert [j for j in await store.claim_learn_jobs(limit=1000, tenant=key.tenant)
+                if j.key.thread != key.thread] == []
+
+    async def test_restore_refuses_bad_records_and_writes_nothing(self, store: Store, key: SessionKey) -> None:
+        import dataclasses
+
+        _info, messages, states, facts = await self._restore_source(store, key)
+        await store.delete_user(key.tenant, key.user)
+        r = dataclasses.replace
+        other = SessionKey(key.tenant, key.user, "other")
+        bad_sessions: list[tuple[list[Any], list[Any], dict[str, Any]]] = [
+            ([messages[0], messages[2]], [], {}),  # a gap in the seqs
+            ([messages[0], r(messages[1], id=messages[0].id)], [], {}),  # duplicate id
+            ([messages[0], r(messages[1], idempotency_key="r1")], [], {}),  # duplicate idempotency key
+            ([r(messages[0], key=other)], [], {}),  # another session's message
+            (messages, [], {"last_seq": 2}),  # last_seq below the last message
+            ([r(messages[0], seq=0)], [], {}),
+            ([r(messages[0], role="wizard")], [], {}),
+            ([r(messages[0], content_hash="not-a-hash")], [], {}),
+            ([r(messages[0], created_at=datetime(2024, 1, 1))], [], {}),  # naive
+            (messages, [states[0], states[0]], {}),  # duplicate state name
+            (messages, [r(states[0], version=0)], {}),
+            (messages, [r(states[0], key=other)], {}),
+        ]
+        for msgs, blobs, kw in bad_sessions:
+            with pytest.raises(InvalidInput):
+                await store.restore_session(key, msgs, blobs, **kw)
+        bad_facts = [
+            [facts[0], facts[0]],  # duplicate id
+            [r(facts[0], user="someone-else")],
+            [r(facts[0], valid_to=facts[0].valid_from - timedelta(days=1))],
+            [r(facts[0], valid_to=None, superseded_by="fact_x")],
+            [r(facts[0], text="")],
+            [facts[0], r(facts[1], confidence=2.0)],
+        ]
+        for batch in bad_facts:
+            with pytest.raises(InvalidInput):
+                await store.restore_facts(key.tenant, key.user, batch)
+        assert await store.get_session(key) is None and await store.list_states(key) == []
+        assert await store.list_facts(key.tenant, key.user, include_superseded=True) == []
+        assert [e for e in await store.list_audit(key.tenant) if e.operation.endswith(".restore")] == []
+
     # -- governance: audit completeness, chain, erasure, retention ---------------------------------
     @staticmethod
     async def _chained(store: Store, tenant: str) -> dict[str, tuple[int, str]]:
