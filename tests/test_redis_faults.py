@@ -345,3 +345,26 @@ async def test_redis_gone_for_good_never_surfaces_an_error(db_url, private_redis
         assert (await store.describe())["cache"]["available"] in (True, False)
     finally:
         await store.close()
+
+
+async def test_paying_an_owed_invalidation_drops_every_owed_token(db_url, private_redis) -> None:
+    """Writes whose BEGIN reached Redis but whose END did not leave in-flight tokens behind, owed for
+    the session. A later invalidation of that session (another write's, here) must drop all of them:
+    a token forgotten unpaid blocks every refill of the session until its deadline (a minute)."""
+    store = await _open(db_url, private_redis.url)
+    try:
+        key = KEYS[0]
+        await store.append_one(key, _m("hello", "h-0"))
+        item = ("s", key.tenant, key.user, key.thread)
+        for token in ("tokenA", "tokenB"):
+            await store._run("BEGIN", store._keys(key), [f"fresh{token}", 60_000, 60_000, token])
+            store._owe(item, token)
+        await store._invalidate_session(key, token="tokenC", force=True)
+        assert item not in store._owed
+        assert await private_redis.command("HGET", store._keys(key)[0], "p") is None  # no token left behind
+        await store.read_window(key, last=5)  # refills
+        hits = store.stats["hits"]
+        assert [m.content for m in await store.read_window(key, last=5)] == ["hello"]
+        assert store.stats["hits"] == hits + 1
+    finally:
+        await store.close()

@@ -405,14 +405,16 @@ class RedisCachedStore(DelegatingStore):
         for item, tokens in list(self._owed.items()):
             try:
                 if item[0] == "s":
-                    await self._invalidate_session(SessionKey(item[1], item[2], item[3]), token=",".join(tokens))
+                    await self._invalidate_session(SessionKey(item[1], item[2], item[3]))
                 else:
+                    paying = set(tokens)
                     await self._run("WIPE_USER", [self._user_key(item[1], item[2])],
-                                    [_nonce(), self._ttl_ms, ",".join(tokens), self._session_prefix(item[1], item[2])])
+                                    [_nonce(), self._ttl_ms, ",".join(sorted(paying)),
+                                     self._session_prefix(item[1], item[2])])
+                    self._paid(item, paying)
             except _Unavailable:
                 return False
-            self._owed.pop(item, None)
-        return True
+        return not self._owed
 
     async def _flush_prefix(self) -> None:
         """Too many owed invalidations to remember: drop every key under our prefix (safe, like a
@@ -735,8 +737,24 @@ class RedisCachedStore(DelegatingStore):
             self._forget(key)
 
     async def _invalidate_session(self, key: SessionKey, *, token: str = "", force: bool = False) -> None:
-        await self._run("WIPE_SESSION", self._keys(key), [_nonce(), self._ttl_ms, token, key.thread], force=force)
-        self._owed.pop(("s", key.tenant, key.user, key.thread), None)
+        # The wipe also drops the in-flight tokens owed for this session: forgetting them unpaid would
+        # leave them in Redis, blocking every refill of the session until their deadline.
+        item = ("s", key.tenant, key.user, key.thread)
+        paying = set(self._owed.get(item, ()))
+        tokens = ",".join(sorted(paying | ({token} if token else set())))
+        await self._run("WIPE_SESSION", self._keys(key), [_nonce(), self._ttl_ms, tokens, key.thread], force=force)
+        self._paid(item, paying)
+
+    def _paid(self, item: tuple[str, ...], tokens: set[str]) -> None:
+        """An invalidation of ``item`` went through, dropping ``tokens``. What was owed for it before
+        the call is paid; what was owed during the call (a write that failed meanwhile) stays owed."""
+        owed = self._owed.get(item)
+        if owed is None:
+            return
+        if owed <= tokens:
+            del self._owed[item]
+        else:
+            owed -= tokens
 
     # -- deletion ------------------------------------------------------------------------------------
     async def delete_session(self, key: SessionKey) -> DeletionReceipt:
@@ -766,10 +784,12 @@ class RedisCachedStore(DelegatingStore):
         try:
             return await self._inner.delete_user(tenant, user)
         finally:
+            item = ("u", tenant, user)
+            paying = set(self._owed.get(item, ())) | {token}
             try:
                 await self._run("WIPE_USER", ukey, [
-                    _nonce(), self._ttl_ms, token, self._session_prefix(tenant, user)], force=True)
-                self._owed.pop(("u", tenant, user), None)
+                    _nonce(), self._ttl_ms, ",".join(sorted(paying)), self._session_prefix(tenant, user)], force=True)
+                self._paid(item, paying)
             except _Unavailable:
                 self._owe(("u", tenant, user), token)
 
@@ -787,10 +807,12 @@ class RedisCachedStore(DelegatingStore):
             offset += len(page)
         receipt = await self._inner.prune(tenant, before=before)
         for user in sorted(users):
+            item = ("u", tenant, user)
+            paying = set(self._owed.get(item, ()))
             try:
                 await self._run("WIPE_USER", [self._user_key(tenant, user)], [
-                    _nonce(), self._ttl_ms, "", self._session_prefix(tenant, user)], force=True)
-                self._owed.pop(("u", tenant, user), None)
+                    _nonce(), self._ttl_ms, ",".join(sorted(paying)), self._session_prefix(tenant, user)], force=True)
+                self._paid(item, paying)
             except _Unavailable:
                 self._owe(("u", tenant, user), "")
         return receipt
