@@ -386,3 +386,25 @@ async def test_redis_cache_holds_only_ciphertext(tmp_path) -> None:
         async for k in client.scan_iter(match=f"{prefix}*", count=1000):
             await client.unlink(k)
         await client.aclose()
+
+
+# -- exact export -> forget -> import --------------------------------------------------------------
+async def test_export_forget_import_of_an_encrypted_tenant_is_exact_and_stays_encrypted(tmp_path) -> None:
+    from amber.transfer import export_jsonl, import_jsonl
+
+    db = str(tmp_path / "amber.db")
+    store = await amber.open_store(f"sqlite:///{db}", encryption=_config(tmp_path, tenants={"bank"}))
+    try:
+        key = await _write_everything(store, "bank", n=5)
+        first = [line async for line in export_jsonl(store, "bank")]
+        await store.delete_user("bank", "cust-1")
+        report = await import_jsonl(store, "bank", first, exact=True)
+        assert report.warnings == [] and report.id_map == {}
+        again = [line async for line in export_jsonl(store, "bank")]
+        assert again[1:] == first[1:]  # the export is plaintext: the same bytes, but its header's time
+        await _read_everything(store, key)
+        hits = await store.search_text("bank", "cust-1", f"secret {SENTINEL}", limit=50)
+        assert {h.kind for h in hits} == {"message", "fact"}  # the blind index was rebuilt
+        assert _file_hits(_db_files(db)) == 0  # restored records were sealed on the way in
+    finally:
+        await store.close()

@@ -237,3 +237,42 @@ async def test_no_raw_pii_reaches_store_embedder_or_model(tmp_path, encrypted: b
     assert _leaks(raw, {s for s in secrets if "@" in s}) == []
     for s in list(secrets)[:50]:  # cards and IBANs in the printed and the compact form
         assert s not in raw and s.replace(" ", "").replace("-", "") not in raw
+
+
+# -- restore: the policy applies to an import as to any write --------------------------------------
+async def test_restore_is_redacted_and_a_redacted_export_round_trips_exactly(tmp_path) -> None:
+    from amber.store.base import digest
+    from amber.transfer import export_jsonl, import_jsonl
+
+    rng = random.Random(11)
+    secret_card, secret_mail = card(rng), email(rng)
+    plain = await amber.open_store(f"sqlite:///{tmp_path / 'plain.db'}")
+    redacted = await amber.open_store(f"sqlite:///{tmp_path / 'redacted.db'}", redaction=Redactor())
+    try:
+        key = SessionKey("acme", "u", "t")
+        for s in (plain, redacted):
+            (m,) = await s.append(key, [NewMessage("user", f"card {secret_card}, mail {secret_mail}",
+                                                   metadata={"from": secret_mail}, idempotency_key="k1")])
+            await s.record_fact("acme", "u", NewFact("email", secret_mail, f"email is {secret_mail}",
+                                                     source_message_ids=(m.id,)))
+            await s.put_state(key, "agent", {"note": secret_card})
+        # an export of unredacted data imported through the redacting layer: redacted on the way in
+        unredacted = [line async for line in export_jsonl(plain, "acme")]
+        report = await import_jsonl(redacted, "copy", unredacted)
+        assert report.warnings == []
+        copy = SessionKey("copy", "u", "t")
+        (restored,) = await redacted.read_since(copy)
+        assert secret_card not in restored.content and secret_mail not in repr(restored.metadata)
+        assert restored.content_hash == digest(restored.role, restored.content, None)  # no hash of the PII
+        (fact,) = await redacted.list_facts("copy", "u")
+        assert secret_mail not in fact.value + fact.text
+        assert secret_card not in repr((await redacted.get_state(copy, "agent")).data)
+        # the redacting store's own export (already redacted) comes back byte for byte
+        own = [line async for line in export_jsonl(redacted, "acme")]
+        await redacted.delete_user("acme", "u")
+        assert (await import_jsonl(redacted, "acme", own, exact=True)).id_map == {}
+        assert [line async for line in export_jsonl(redacted, "acme")][1:] == own[1:]
+    finally:
+        await plain.close()
+        await redacted.close()
+    assert secret_card.encode() not in open(tmp_path / "redacted.db", "rb").read()

@@ -1,8 +1,12 @@
-"""export -> forget -> import round trips, on the in-memory reference store and on SQLite files."""
+"""export -> forget -> import round trips: exact (byte for byte) on the in-memory reference store,
+SQLite files, PostgreSQL and SQLite behind the Redis cache, and through the ``amber`` CLI."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -10,20 +14,43 @@ import pytest
 
 import amber
 from amber import NewFact, NewMessage, SessionKey
-from amber.errors import InvalidInput
+from amber.errors import Conflict, InvalidInput
 from amber.transfer import NOT_PRESERVED, export_jsonl, import_jsonl
 
+from conftest import POSTGRES_URL, REDIS_URL, unreachable
+
 T0 = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+AMBER = os.path.join(os.path.dirname(sys.executable), "amber")  # the installed console script
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        pytest.importorskip("amber.store.sqlite", reason="the SQLite backend has not landed yet")
+async def _open(kind: str, tmp_path) -> amber.Store:
+    if kind == "memory":
+        return await amber.open_store(f"memory://transfer-{uuid.uuid4().hex}")
+    if kind == "sqlite":
+        return await amber.open_store(f"sqlite:///{tmp_path / 'amber.db'}")
+    if kind == "postgres":
+        url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema=amber_transfer_test"
+    else:  # SQLite behind the Redis hot layer, under a key prefix of its own
         url = f"sqlite:///{tmp_path / 'amber.db'}"
-    else:
-        url = f"memory://transfer-{uuid.uuid4().hex}"
-    s = await amber.open_store(url)
+    try:
+        if kind == "postgres":
+            return await amber.open_store(url)
+        from amber.store.redis import RedisCachedStore
+
+        inner = await amber.open_store(url)
+        try:
+            return await RedisCachedStore.wrap(inner, REDIS_URL, prefix=f"amber-test:{uuid.uuid4().hex[:10]}:")
+        except BaseException:
+            await inner.close()
+            raise
+    except amber.StoreUnavailable as exc:
+        unreachable(kind, exc)
+        raise
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "sqlite+redis"])
+async def store(request, tmp_path):
+    s = await _open(request.param, tmp_path)
     yield s
     await s.close()
 
@@ -58,7 +85,8 @@ async def dump(store: amber.Store, tenant: str, **scope) -> list[dict]:
 
 
 def canonical(records: list[dict], id_map: dict[str, str] | None = None) -> list[dict]:
-    """Drop what the Store contract cannot preserve (NOT_PRESERVED) and translate old ids to new."""
+    """For a MERGE (into a target that is not empty): drop what a merge assigns anew (times, state
+    versions) and translate old ids to new. An exact restore needs none of this (NOT_PRESERVED)."""
     m = id_map or {}
     out = []
     for r in records:
@@ -66,8 +94,7 @@ def canonical(records: list[dict], id_map: dict[str, str] | None = None) -> list
         if r["type"] == "header":
             r.pop("exported_at")
         elif r["type"] == "session":
-            for f in NOT_PRESERVED["session"]:
-                r.pop(f)
+            r.pop("created_at"), r.pop("updated_at")
         elif r["type"] == "state":
             r.pop("version"), r.pop("updated_at")
         elif r["type"] == "message":
@@ -82,31 +109,62 @@ def canonical(records: list[dict], id_map: dict[str, str] | None = None) -> list
     return [r for r in out if r["type"] != "fact"] + facts
 
 
-async def test_export_forget_import_round_trips(store: amber.Store) -> None:
+def assert_same_export(first: list[str], again: list[str]) -> None:
+    """Byte for byte, but the header's exported_at (the time of each export)."""
+    h1, h2 = json.loads(first[0]), json.loads(again[0])
+    assert h1.pop("exported_at") <= h2.pop("exported_at") and h1 == h2
+    assert again[1:] == first[1:]
+
+
+async def test_export_forget_import_reproduces_the_export_byte_for_byte(store: amber.Store) -> None:
+    assert NOT_PRESERVED == {}
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     await seed(store, tenant)
-    before = await dump(store, tenant)
-    kinds = [r["type"] for r in before]
-    assert kinds[0] == "header" and kinds[-1] == "end"
-    assert before[-1]["counts"] == {"sessions": 3, "messages": 5, "states": 2, "facts": 3}
-    assert any(r["type"] == "fact" and r["valid_to"] for r in before)  # history is exported
+    before = [line async for line in export_jsonl(store, tenant)]
+    records = [json.loads(line) for line in before]
+    assert records[0]["type"] == "header" and records[-1]["type"] == "end"
+    assert records[-1]["counts"] == {"sessions": 3, "messages": 5, "states": 2, "facts": 3}
+    assert any(r["type"] == "fact" and r["valid_to"] for r in records)  # history is exported
 
     for user in ("alice", "bob"):
         await store.delete_user(tenant, user)
     emptied = await dump(store, tenant)
     assert [r["type"] for r in emptied] == ["header", "end"] and not any(emptied[-1]["counts"].values())
 
-    report = await import_jsonl(store, tenant, [json.dumps(r) for r in before])
-    assert report.warnings == []
+    report = await import_jsonl(store, tenant, before)
+    assert report.warnings == [] and report.id_map == {}
     assert report.counts["messages"] == 5 and report.counts["facts"] == 3 and report.counts["states"] == 2
-    after = await dump(store, tenant)
-    assert canonical(after) == canonical(before, report.id_map)
+    assert_same_export(before, [line async for line in export_jsonl(store, tenant)])
 
-    # idempotency keys survive: a retried append after the restore is still a no-op
+    # restored data is live: searchable, queued for the learner, retried keys are no-ops
     alice = SessionKey(tenant, "alice", "claim-7788")
+    assert [h.kind for h in await store.search_text(tenant, "alice", "New Street")]
+    jobs = [j for j in await store.claim_learn_jobs(limit=1000, tenant=tenant)]
+    assert len(jobs) == 5
     again = await store.append_one(alice, NewMessage("user", "my policy is P-1 and I live at 1 Old Road",
                                                      idempotency_key="a1", created_at=T0))
-    assert again.seq == 1 and len(await store.read_since(alice)) == 3
+    assert again.seq == 1 and again.id == records[2]["id"] and len(await store.read_since(alice)) == 3
+    # a second import of the same file merges into what is there: nothing new
+    second = await import_jsonl(store, tenant, before)
+    assert second.counts.get("messages", 0) == 0 and second.counts.get("facts", 0) == 0
+    assert second.counts["messages_existing"] == 5
+
+
+async def test_exact_import_refuses_a_target_that_holds_data_and_writes_nothing(store: amber.Store) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, tenant)
+    lines = [line async for line in export_jsonl(store, tenant)]
+    await store.delete_user(tenant, "alice")  # bob stays: his session is not empty
+    audit = len(await store.list_audit(tenant, limit=1000))
+    with pytest.raises(Conflict):
+        await import_jsonl(store, tenant, lines, exact=True)
+    assert await store.list_users(tenant) == ["bob"]
+    writes = [e for e in await store.list_audit(tenant, limit=1000)][audit:]
+    assert not [e for e in writes if e.operation not in ("message.read", "state.read", "fact.read")]
+    await store.delete_user(tenant, "bob")
+    report = await import_jsonl(store, tenant, lines, exact=True)
+    assert report.id_map == {} and report.warnings == []
+    assert_same_export(lines, [line async for line in export_jsonl(store, tenant)])
 
 
 async def test_import_is_idempotent_and_keeps_facts_a_session_forget_left(store: amber.Store) -> None:
@@ -127,6 +185,8 @@ async def test_import_into_another_tenant_leaves_the_source_alone(store: amber.S
     src, dst = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     await seed(store, src)
     before = await dump(store, src)
+    # Where the backend's ids are unique store-wide, the copy cannot keep them: it is merged under
+    # new ids (a warning says so) and provenance follows the new ids.
     report = await import_jsonl(store, dst, [json.dumps(r) for r in before])
     assert canonical(await dump(store, dst)) == canonical(before, report.id_map)
     assert (await dump(store, src))[1:] == before[1:]
@@ -161,3 +221,34 @@ async def test_export_scope_checks(store: amber.Store) -> None:
         [x async for x in export_jsonl(store, "t", thread="only-thread")]
     with pytest.raises(amber.InvalidSessionKey):
         [x async for x in export_jsonl(store, "bad tenant")]
+
+
+def test_cli_export_forget_import_reproduces_the_export(tmp_path) -> None:
+    """The three commands as an operator runs them, each in its own process, on a SQLite file."""
+    url = f"sqlite:///{tmp_path / 'amber.db'}"
+    tenant = "acme"
+
+    async def go() -> None:
+        async with await amber.open_store(url) as s:
+            await seed(s, tenant)
+
+    import asyncio
+
+    asyncio.run(go())
+
+    def amber_cli(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([AMBER, "--store", url, "--tenant", tenant, *args], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first, again = tmp_path / "first.jsonl", tmp_path / "again.jsonl"
+    amber_cli("export", "-o", str(first))
+    for user in ("alice", "bob"):
+        amber_cli("--json", "forget", "--user", user, "--yes")
+    imported = json.loads(amber_cli("--json", "import", "--exact", str(first)).stdout)
+    assert imported["warnings"] == [] and imported["ids_remapped"] == 0
+    assert imported["counts"]["messages"] == 5 and imported["counts"]["facts"] == 3
+    amber_cli("export", "-o", str(again))
+    assert_same_export(first.read_text(encoding="utf-8").splitlines(keepends=True),
+                       again.read_text(encoding="utf-8").splitlines(keepends=True))

@@ -12,14 +12,21 @@ One document per line, in this order::
 Records carry no tenant: an import lands in the tenant it is given (for the server, the caller's).
 The trailing ``end`` record lets an import refuse a truncated file before writing anything.
 
-What an export -> forget -> import round trip keeps exactly: every message's seq, role, content,
-payload, payload format, author, idempotency key (so a retried append after the restore is still a
-no-op), created_at, metadata, token count and content hash; each state blob's data; every fact's
-attribute, value, text, kind, thread, confidence, metadata, valid_from/valid_to and supersession
-chain, with provenance pointing at the restored messages. What it cannot keep through the Store
-contract (listed in :data:`NOT_PRESERVED`): record ids are newly assigned (the import returns the
-old -> new mapping and rewrites provenance with it), state versions restart at 1, and session and
-fact creation times are the time of the import.
+Import into an empty target is exact: each session goes in through ``Store.restore_session`` and
+each user's facts through ``Store.restore_facts``, which write the records with their exported
+identity -- message ids, seqs, created_at, content hashes and idempotency keys (so a retried append
+after the restore is still a no-op), state versions and updated_at, session created_at/updated_at/
+last_seq, fact ids, validity, supersession and created_at. Re-exporting gives the same lines, byte
+for byte, but the header's ``exported_at``. :data:`NOT_PRESERVED` is therefore empty for such an
+import. Vectors are not exported: the restored messages are queued for the learner like appended
+ones, and it re-embeds them (their facts, restored with the same source ids, are not learned twice).
+
+Where the target already holds the session (or the user's facts), the import merges instead, as
+before: messages are appended (deduplicated by idempotency key, numbered after what is there),
+existing state is not overwritten, facts are recorded anew unless the same fact exists; new ids are
+reported in ``ImportReport.id_map`` and provenance is rewritten with them. The same happens, with a
+warning, when an empty target cannot take the exported ids (e.g. a copy into another tenant of the
+same SQLite file, where ids are unique file-wide). ``exact=True`` refuses instead of merging.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping
 
-from .errors import AmberError, InvalidInput
+from .errors import AmberError, Conflict, InvalidInput
 from .keys import SessionKey, validate_part
 from .records import Fact, Message, NewFact, NewMessage, StateBlob, utcnow
 from .store.base import Store, prepare_fact, prepare_message
@@ -38,12 +45,9 @@ from .store.base import Store, prepare_fact, prepare_message
 __all__ = ["FORMAT", "NOT_PRESERVED", "ImportReport", "export_jsonl", "import_jsonl", "export_records", "jsonable", "restore_jsonl"]
 
 FORMAT = "amber.export/1"
-NOT_PRESERVED = {
-    "message": ("id",),
-    "fact": ("id", "superseded_by", "created_at", "source_message_ids (remapped to the new ids)"),
-    "state": ("version", "updated_at"),
-    "session": ("created_at", "updated_at"),
-}
+# What an import into an empty target cannot keep: nothing (see the module docstring). A merge into
+# a non-empty target assigns new ids, versions and times, as ImportReport.id_map and warnings tell.
+NOT_PRESERVED: dict[str, tuple[str, ...]] = {}
 _PAGE = 500
 
 
@@ -100,13 +104,15 @@ async def _sessions(store: Store, tenant: str, user: str) -> list[SessionKey]:
 
 async def _state_keys(store: Store, tenant: str, user: str | None) -> set[SessionKey]:
     keys: set[SessionKey] = set()
-    after = 0
-    while True:
-        events = await store.list_audit(tenant, user=user, operation="state.put", limit=1000, after_id=after)
-        keys.update(SessionKey(tenant, e.user, e.thread) for e in events if e.user and e.thread)
-        if len(events) < 1000:
-            return keys
-        after = events[-1].id
+    for operation in ("state.put", "session.restore"):
+        after = 0
+        while True:
+            events = await store.list_audit(tenant, user=user, operation=operation, limit=1000, after_id=after)
+            keys.update(SessionKey(tenant, e.user, e.thread) for e in events if e.user and e.thread)
+            if len(events) < 1000:
+                break
+            after = events[-1].id
+    return keys
 
 
 async def export_records(
@@ -176,7 +182,8 @@ async def export_jsonl(
 
 @dataclass
 class ImportReport:
-    """What an import did. ``id_map`` maps exported message and fact ids to the ids now stored."""
+    """What an import did. ``id_map`` maps the exported message and fact ids that were stored under
+    another id (a merge) to the ids now stored; an exact restore keeps every id and adds none."""
 
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     warnings: list[str] = field(default_factory=list)
@@ -213,10 +220,14 @@ def _get(rec: Mapping[str, Any], name: str, kind: type | tuple[type, ...], line_
 
 @dataclass
 class _Parsed:
-    messages: dict[SessionKey, list[tuple[int, str, NewMessage]]] = field(default_factory=lambda: defaultdict(list))
-    states: list[tuple[SessionKey, str, dict[str, Any]]] = field(default_factory=list)
+    # (seq, exported id, the message, exported content hash)
+    messages: dict[SessionKey, list[tuple[int, str, NewMessage, str]]] = field(default_factory=lambda: defaultdict(list))
+    # (key, name, data, exported version, exported updated_at)
+    states: list[tuple[SessionKey, str, dict[str, Any], Any, datetime | None]] = field(default_factory=list)
     facts: list[dict[str, Any]] = field(default_factory=list)
     sessions: list[SessionKey] = field(default_factory=list)
+    # the exported session row: (created_at, updated_at, last_seq)
+    session_rows: dict[SessionKey, tuple[datetime | None, datetime | None, Any]] = field(default_factory=dict)
 
 
 async def _iterate(lines: Iterable[str | bytes] | AsyncIterable[str | bytes]) -> AsyncIterator[str | bytes]:
@@ -254,7 +265,12 @@ async def _parse(store: Store, tenant: str, lines: Iterable[str | bytes] | Async
             continue
         try:
             if kind == "session":
-                out.sessions.append(SessionKey(tenant, rec.get("user"), rec.get("thread")))  # type: ignore[arg-type]
+                key = SessionKey(tenant, rec.get("user"), rec.get("thread"))  # type: ignore[arg-type]
+                out.sessions.append(key)
+                out.session_rows[key] = (
+                    _parse_ts(rec.get("created_at"), line_no, "created_at", optional=True),
+                    _parse_ts(rec.get("updated_at"), line_no, "updated_at", optional=True),
+                    rec.get("last_seq"))
             elif kind == "message":
                 key = SessionKey(tenant, rec.get("user"), rec.get("thread"))  # type: ignore[arg-type]
                 payload = rec.get("payload")
@@ -271,11 +287,12 @@ async def _parse(store: Store, tenant: str, lines: Iterable[str | bytes] | Async
                 )
                 prepare_message(msg, store.limits)
                 seq = _get(rec, "seq", int, line_no)
-                out.messages[key].append((seq, str(rec.get("id") or ""), msg))
+                out.messages[key].append((seq, str(rec.get("id") or ""), msg, str(rec.get("content_hash") or "")))
             elif kind == "state":
                 key = SessionKey(tenant, rec.get("user"), rec.get("thread"))  # type: ignore[arg-type]
                 data = _get(rec, "data", dict, line_no)
-                out.states.append((key, _get(rec, "name", str, line_no), data))
+                out.states.append((key, _get(rec, "name", str, line_no), data, rec.get("version"),
+                                   _parse_ts(rec.get("updated_at"), line_no, "updated_at", optional=True)))
             elif kind == "fact":
                 validate_part("user", rec.get("user"))
                 rec = dict(rec, _line=line_no,
@@ -321,42 +338,117 @@ def _new_fact(rec: Mapping[str, Any], sources: list[str]) -> NewFact:
 
 
 async def import_jsonl(
-    store: Store, tenant: str, lines: Iterable[str | bytes] | AsyncIterable[str | bytes]
+    store: Store, tenant: str, lines: Iterable[str | bytes] | AsyncIterable[str | bytes], *, exact: bool = False
 ) -> ImportReport:
-    """Import an export into ``tenant``. Validates the whole input first; then it is idempotent:
-    messages dedupe by idempotency key, facts by (attribute, value, text, valid_from), and state is
-    never overwritten when it already exists with other data (a warning says so)."""
+    """Import an export into ``tenant``. Validates the whole input first. A session (or a user's
+    facts) the target does not hold yet is restored exactly, with its exported ids, seqs, versions
+    and times; one it holds already is merged (messages dedupe by idempotency key, facts by
+    (attribute, value, text, valid_from), existing state is never overwritten: a warning says so),
+    so re-running an import is a no-op. ``exact=True``: refuse with :class:`~amber.errors.Conflict`,
+    before writing anything, if any session or user's facts are already there."""
     validate_part("tenant", tenant)
     parsed = await _parse(store, tenant, lines)
     report = ImportReport()
-    for key, items in parsed.messages.items():
-        items.sort(key=lambda t: t[0])
-        for start in range(0, len(items), store.limits.max_batch):
-            chunk = items[start: start + store.limits.max_batch]
-            info = await store.get_session(key)
-            last = info.last_seq if info else 0
-            stored = await store.append(key, [m for _, _, m in chunk])
-            for (seq, old_id, _), new in zip(chunk, stored):
-                if old_id:
-                    report.id_map[old_id] = new.id
-                if new.seq != seq:
-                    report.warnings.append(f"{key}: message seq {seq} was stored as {new.seq} (session not empty)")
-            fresh = sum(1 for m in stored if m.seq > last)  # the rest were already there (idempotency key)
-            report.counts["messages"] += fresh
-            if fresh < len(stored):
-                report.counts["messages_existing"] += len(stored) - fresh
-    for key in parsed.sessions:
-        report.counts["sessions"] += 1
-    for key, name, data in parsed.states:
-        current = await store.get_state(key, name)
-        if current is not None:
-            if dict(current.data) != data:
-                report.warnings.append(f"{key}: state {name!r} exists with other data; not overwritten")
+    keys = list(dict.fromkeys([*parsed.sessions, *parsed.messages, *(k for k, *_ in parsed.states)]))
+    states: dict[SessionKey, list[tuple[str, dict[str, Any], Any, datetime | None]]] = defaultdict(list)
+    for key, name, data, version, updated in parsed.states:
+        states[key].append((name, data, version, updated))
+    facts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in parsed.facts:
+        facts[f["user"]].append(f)
+    empty = {key: await store.get_session(key) is None and not await store.list_states(key) for key in keys}
+    no_facts = {user: not await store.list_facts(tenant, user, include_superseded=True) for user in facts}
+    if exact:
+        held = [str(k) for k, e in empty.items() if not e] + [f"{tenant}/{u} (facts)" for u, e in no_facts.items() if not e]
+        if held:
+            raise Conflict(f"import --exact refused, nothing was written: the target already holds {', '.join(held[:5])}")
+    for key in keys:
+        items = sorted(parsed.messages.get(key, []), key=lambda t: t[0])
+        if empty[key] and await _restore_session(store, key, items, states[key], parsed.session_rows.get(key),
+                                                 report, exact=exact):
             continue
-        await store.put_state(key, name, data, expected_version=0)
-        report.counts["states"] += 1
-    await _import_facts(store, tenant, parsed.facts, report)
+        await _merge_messages(store, key, items, report)
+        for name, data, _, _ in states[key]:
+            current = await store.get_state(key, name)
+            if current is not None:
+                if dict(current.data) != data:
+                    report.warnings.append(f"{key}: state {name!r} exists with other data; not overwritten")
+                continue
+            await store.put_state(key, name, data, expected_version=0)
+            report.counts["states"] += 1
+    report.counts["sessions"] += len(parsed.sessions)
+    for user, user_facts in facts.items():
+        if no_facts[user] and await _restore_facts(store, tenant, user, user_facts, report, exact=exact):
+            continue
+        await _import_facts(store, tenant, user_facts, report)
     return report
+
+
+async def _restore_session(
+    store: Store, key: SessionKey, items: list[tuple[int, str, NewMessage, str]],
+    states: list[tuple[str, dict[str, Any], Any, datetime | None]],
+    row: tuple[datetime | None, datetime | None, Any] | None, report: ImportReport, *, exact: bool,
+) -> bool:
+    """Write one session with its exported identity; False (nothing written) if the store cannot take
+    it as exported -- ids taken, or records an export would not hold -- and the caller merges instead."""
+    messages = [Message(key=key, seq=seq, id=mid, role=m.role, content=m.content, payload=m.payload,
+                        payload_format=m.payload_format, author=m.author, idempotency_key=m.idempotency_key or "",
+                        created_at=m.created_at or utcnow(), metadata=m.metadata, tokens=0, content_hash=chash)
+                for seq, mid, m, chash in items]
+    blobs = [StateBlob(key, name, version, data, updated) for name, data, version, updated in states]  # type: ignore[arg-type]
+    created, updated, last_seq = row or (None, None, None)
+    try:
+        await store.restore_session(key, messages, blobs, created_at=created, updated_at=updated,
+                                    last_seq=last_seq if isinstance(last_seq, int) and last_seq else None)
+    except (Conflict, InvalidInput) as exc:
+        if exact:
+            raise
+        report.warnings.append(f"{key}: not restored with its exported ids ({exc.message}); merged with new ids")
+        return False
+    report.counts["messages"] += len(messages)
+    report.counts["states"] += len(blobs)
+    return True
+
+
+async def _merge_messages(store: Store, key: SessionKey, items: list[tuple[int, str, NewMessage, str]],
+                          report: ImportReport) -> None:
+    for start in range(0, len(items), store.limits.max_batch):
+        chunk = items[start: start + store.limits.max_batch]
+        info = await store.get_session(key)
+        last = info.last_seq if info else 0
+        stored = await store.append(key, [m for _, _, m, _ in chunk])
+        for (seq, old_id, _, _), new in zip(chunk, stored):
+            if old_id and old_id != new.id:
+                report.id_map[old_id] = new.id
+            if new.seq != seq:
+                report.warnings.append(f"{key}: message seq {seq} was stored as {new.seq} (session not empty)")
+        fresh = sum(1 for m in stored if m.seq > last)  # the rest were already there (idempotency key)
+        report.counts["messages"] += fresh
+        if fresh < len(stored):
+            report.counts["messages_existing"] += len(stored) - fresh
+
+
+async def _restore_facts(store: Store, tenant: str, user: str, facts: list[dict[str, Any]], report: ImportReport,
+                         *, exact: bool) -> bool:
+    """A user's facts with their exported ids, validity and supersession (provenance follows any
+    message ids a merge changed); False (nothing written) if the store cannot take them as exported."""
+    try:
+        restored = [Fact(
+            id=f["id"], tenant=tenant, user=user, attribute=f["attribute"], value=f["value"], text=f["text"],
+            kind=f.get("kind") or "statement",
+            source_message_ids=tuple(report.id_map.get(s, s) for s in f.get("source_message_ids") or []),
+            thread=f.get("thread"), confidence=float(f.get("confidence", 1.0)), valid_from=f["_valid_from"],
+            valid_to=f["_valid_to"], superseded_by=f.get("superseded_by"),
+            created_at=f["_created_at"], metadata=f.get("metadata") or {},
+        ) for f in facts]
+        await store.restore_facts(tenant, user, restored)
+    except (Conflict, InvalidInput) as exc:
+        if exact:
+            raise
+        report.warnings.append(f"facts of {user}: not restored with their exported ids ({exc.message}); merged")
+        return False
+    report.counts["facts"] += len(restored)
+    return True
 
 
 async def _import_facts(store: Store, tenant: str, facts: list[dict[str, Any]], report: ImportReport) -> None:
@@ -366,6 +458,7 @@ async def _import_facts(store: Store, tenant: str, facts: list[dict[str, Any]], 
         if f.get("superseded_by"):
             superseded_by[f["superseded_by"]].append(f["id"])
     existing: dict[str, dict[tuple[Any, ...], Fact]] = {}
+    stored_as: dict[str, str] = {}  # exported fact id -> the id it has now
     # Creation order: a superseding fact is always recorded after the facts it closes.
     for f in sorted(facts, key=lambda f: (f["_created_at"] or f["_valid_from"], f["_valid_from"])):
         user = f["user"]
@@ -376,7 +469,7 @@ async def _import_facts(store: Store, tenant: str, facts: list[dict[str, Any]], 
             }
         same = existing[user].get((f["attribute"], f["value"], f["text"], f["_valid_from"]))
         if same is not None:
-            report.id_map[f["id"]] = same.id
+            stored_as[f["id"]] = same.id
             continue
         if f.get("superseded_by") and f["superseded_by"] not in by_id:
             report.warnings.append(
@@ -386,7 +479,7 @@ async def _import_facts(store: Store, tenant: str, facts: list[dict[str, Any]], 
         sources = [report.id_map.get(s, s) for s in f.get("source_message_ids") or []]
         closes = []
         for old in superseded_by.get(f["id"], []):
-            new_old = report.id_map.get(old)
+            new_old = stored_as.get(old)
             if new_old is None:
                 continue
             current = await store.get_fact(tenant, user, new_old)
@@ -396,9 +489,10 @@ async def _import_facts(store: Store, tenant: str, facts: list[dict[str, Any]], 
             stored = await store.record_fact(tenant, user, _new_fact(f, sources), supersedes=closes)
         except AmberError as exc:
             raise InvalidInput(f"import line {f['_line']}: {exc.message}") from exc
-        report.id_map[f["id"]] = stored.id
+        stored_as[f["id"]] = stored.id
         existing[user][(stored.attribute, stored.value, stored.text, stored.valid_from)] = stored
         report.counts["facts"] += 1
+    report.id_map.update({old: new for old, new in stored_as.items() if old != new})
 
 
 def jsonable(value: Any) -> Any:

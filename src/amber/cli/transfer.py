@@ -1,8 +1,9 @@
 """``amber export``, ``amber import`` and ``amber forget``: moving memory in and out, and erasing it.
 
 Export writes JSON Lines (see :mod:`amber.transfer`) to a file or stdout; import validates the whole
-file before writing anything and is idempotent; forget deletes a session or everything a user owns
-and prints the audited receipt.
+file before writing anything, restores what the target does not hold yet exactly (same ids, seqs,
+versions and times) and merges the rest, so it is safe to re-run (``--exact`` refuses to merge);
+forget deletes a session or everything a user owns and prints the audited receipt.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def _counts(counts: dict[str, Any]) -> str:
 
 @click.command(name="import")
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--exact", is_flag=True,
+              help="Refuse (writing nothing) unless every session and user's facts can be restored exactly, "
+                   "i.e. the target holds none of them yet. Without it, what the target holds is merged.")
 @pass_ctx
-def import_(ctx: Context, source: str) -> None:
-    """Import a JSONL export into the tenant (validated first; safe to re-run)."""
+def import_(ctx: Context, source: str, exact: bool) -> None:
+    """Import a JSONL export into the tenant: exact into an empty target, merged otherwise (safe to re-run)."""
 
     async def run() -> dict[str, Any]:
         if source == "-":
@@ -98,7 +102,7 @@ def import_(ctx: Context, source: str) -> None:
         async with await ctx.open() as store:
             with _progress(ctx) as progress:
                 progress.add_task(f"importing {len(lines)} lines", total=None)
-                report = await import_jsonl(store, ctx.tenant, lines)
+                report = await import_jsonl(store, ctx.tenant, lines, exact=exact)
         return report.as_dict()
 
     data = run_async(run())
