@@ -29,6 +29,11 @@ def test_bench_scale_prints_numbers_on_a_temporary_store() -> None:
     assert doc["queries"] == 12 and doc["query_ms"]["n"] == 12 and doc["query_ms"]["p50"] > 0
     assert doc["mean_hits"] > 0 and "NOT embeddings" in doc["vectors"]["source"]
     assert "query p50" in r.stdout  # the human summary line before the JSON
+    stages = doc["stages_ms"]  # where the time goes: the recall path's store calls and the rest, clocked
+    assert stages["total"]["n"] == 12
+    assert {"embed", "lexical", "vector", "rank", "audit"} <= set(stages) and stages["lexical"]["p50"] > 0
+    assert stages["audit_flush"]["batches"] >= 1  # the read entries were written (audit trail on)
+    assert "stages p50/p95 ms:" in r.stdout
 
 
 def test_bench_scale_uses_the_global_store_and_cleans_up(tmp_path) -> None:

@@ -36,7 +36,7 @@ from ..errors import AmberError, InvalidInput, MissingDependency
 from ..keys import SessionKey
 from ..records import NewFact, NewMessage, VectorItem
 from ..store.base import Capability, Store
-from .recall import _make_retriever, _ms
+from .recall import _make_retriever, _ms, percentile
 from .synth import random_statement, sample_questions
 
 __all__ = ["run_scale_bench", "main"]
@@ -87,6 +87,136 @@ async def _embedded_vectors(embedder: Any, texts: Sequence[str], cache: Path) ->
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out)
     return out, False
+
+
+# Which recall stage each store call belongs to (search_text: the first call of a query is the
+# lexical search, later ones are the multi-hop bridge lookup).
+_STAGE_OF = {"search_text": "lexical", "search_vectors": "vector", "get_fact": "facts", "list_facts": "facts",
+             "read_since": "neighbours", "read_around": "neighbours"}
+_STAGES = ("embed", "lexical", "vector", "facts", "bridge", "neighbours", "rank", "audit")
+
+
+class _StageClock:
+    """Where one query's time goes, measured around the real store's and embedder's calls.
+
+    ``rank`` (fusion, re-ranking, dedup: recall's own Python) is the rest of the query's time.
+    ``audit`` is noting the read entries (inside the lexical and vector calls, so also counted
+    there); writing them is batched in the background and reported apart (``audit_flush``).
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+        self.text_calls = 0
+        self.per_query: list[dict[str, float]] = []
+        self.flush_s = 0.0
+        self.flushes = 0
+
+    def start(self) -> None:
+        self.current, self.text_calls = {}, 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.current[stage] = self.current.get(stage, 0.0) + seconds
+
+    def stop(self, total: float) -> None:
+        timed = sum(v for k, v in self.current.items() if k != "audit")
+        self.current["rank"] = max(0.0, total - timed)
+        self.per_query.append(self.current)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stage in _STAGES:
+            values = [q.get(stage, 0.0) for q in self.per_query]
+            if not any(values):
+                continue
+            out[stage] = {"p50": round(1000 * (percentile(values, 50) or 0.0), 3),
+                          "p95": round(1000 * (percentile(values, 95) or 0.0), 3),
+                          "mean": round(1000 * sum(values) / len(values), 3)}
+        return out
+
+
+class _TimedStore:
+    """The real store, with the recall-path calls timed into a :class:`_StageClock`."""
+
+    def __init__(self, store: Store, clock: _StageClock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        stage = _STAGE_OF.get(name)
+        if stage is None:
+            return attr
+        clock = self._clock
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            s = stage
+            if name == "search_text":
+                s = "lexical" if clock.text_calls == 0 else "bridge"
+                clock.text_calls += 1
+            a = time.perf_counter()
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                clock.add(s, time.perf_counter() - a)
+
+        return timed
+
+
+class _TimedEmbedder:
+    def __init__(self, embedder: Any, clock: _StageClock) -> None:
+        self.name, self.dim = embedder.name, embedder.dim
+        self._embedder = embedder
+        self._clock = clock
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        a = time.perf_counter()
+        try:
+            return await self._embedder.embed(texts)
+        finally:
+            self._clock.add("embed", time.perf_counter() - a)
+
+
+def _time_audit_notes(store: Store, clock: _StageClock) -> Any:
+    """Time the store's inline read-audit calls (noting the entries); returns the undo."""
+    note = store.audit_read
+
+    def timed_note(*args: Any, **kwargs: Any) -> None:
+        a = time.perf_counter()
+        try:
+            note(*args, **kwargs)
+        finally:
+            clock.add("audit", time.perf_counter() - a)
+
+    store.audit_read = timed_note  # type: ignore[method-assign]
+
+    def undo() -> None:
+        del store.audit_read
+
+    return undo
+
+
+def _time_audit_writes(store: Store, clock: _StageClock) -> Any:
+    """Time the batched background writes of read entries (stores with a read-audit buffer);
+    returns the undo."""
+    reads = getattr(store, "_reads", None)
+    sink = getattr(reads, "_sink", None)
+    if sink is None:
+        return lambda: None
+
+    async def timed_sink(entries: Any) -> None:
+        a = time.perf_counter()
+        try:
+            await sink(entries)
+        finally:
+            clock.flush_s += time.perf_counter() - a
+            clock.flushes += 1
+
+    reads._sink = timed_sink
+
+    def undo() -> None:
+        reads._sink = sink
+
+    return undo
 
 
 async def run_scale_bench(
@@ -188,6 +318,12 @@ async def run_scale_bench(
     total_times: list[float] = []
     embed_times: list[float] = []
     hits_seen = 0
+    # Timed twice: plain (query_ms, the number that counts) and with every stage clocked (stages_ms;
+    # the clocks add a little). Alternating, so both see the same machine load.
+    clock = _StageClock()
+    timed_retriever, _ = _make_retriever(_TimedStore(store, clock), _TimedEmbedder(embedder, clock))  # type: ignore[arg-type]
+    stage_times: list[float] = []
+    undo_writes = _time_audit_writes(store, clock)
     for i in range(queries):
         q = questions[i % len(questions)]
         user = user_ids[rng.randrange(users)]
@@ -200,6 +336,19 @@ async def run_scale_bench(
         hits_seen += len(hits)
         if any(h.user != user or h.tenant != tenant for h in hits):
             raise AmberError(f"recall returned a memory outside {tenant}/{user}: tenant scoping is broken")
+        undo = _time_audit_notes(store, clock)
+        try:
+            clock.start()
+            a = time.perf_counter()
+            await timed_retriever.search(tenant, user, q, limit=10, modes=("lexical", "vector"),
+                                                      kinds=("message", "fact"))
+            took = time.perf_counter() - a
+            clock.stop(took)
+            stage_times.append(took)
+        finally:
+            undo()
+    await store.chain_audit(tenant)  # the last buffered read entries, written now (and timed)
+    undo_writes()
     index_stats = (store.vector_index_stats().get(f"{tenant}/{user_ids[0]}/{embedder.name}")
                    if hasattr(store, "vector_index_stats") else None)
     describe = dict(await store.describe())
@@ -230,6 +379,11 @@ async def run_scale_bench(
         # query_ms includes the query's embedding (recall embeds it); embed_ms is that part alone.
         "query_ms": _ms(total_times),
         "embed_ms": _ms(embed_times),
+        # The same queries again with each stage clocked: where the time goes (ms per query).
+        "stages_ms": {"total": _ms(stage_times), **clock.summary(),
+                      "audit_flush": {"seconds": round(clock.flush_s, 3), "batches": clock.flushes,
+                                      "note": "read entries of both timed passes, written in the background in batches "
+                                              "(off the query path) and hash-chained at the end"}},
     }
 
 
@@ -309,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{doc['memories']} memories, {doc['users']} users on {doc['store']} ({doc['store_vectors']}): "
           f"query p50 {p['p50']} ms, p95 {p['p95']} ms (embedding included; embed alone p50 "
           f"{doc['embed_ms']['p50']} ms); vectors: {doc['vectors']['source']}")
+    stages = ", ".join(f"{k} {v['p50']}/{v['p95']}" for k, v in doc["stages_ms"].items() if "p95" in v)
+    print(f"stages p50/p95 ms: {stages}")
     print(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
     return 0
 

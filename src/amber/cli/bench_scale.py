@@ -29,8 +29,9 @@ __all__ = ["scale"]
 @click.option("--queries", type=click.IntRange(1), default=200, show_default=True, help="Timed recall queries.")
 @click.option("--embedder", default="minilm", show_default=True,
               help="Embedder spec for the queries (and for --vectors embed).")
-@click.option("--vectors", type=click.Choice(["random", "embed"]), default="random", show_default=True,
-              help="Stored vectors: seeded random unit vectors (latency only), or real embeddings cached to a file.")
+@click.option("--vectors", type=click.Choice(["random", "clustered", "embed"]), default="random", show_default=True,
+              help="Stored vectors: seeded random unit vectors, seeded clustered unit vectors (both latency only), "
+                   "or real embeddings cached to a file.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where --vectors embed caches its embeddings (default: the system temp dir).")
 @click.option("--seed", type=int, default=1, show_default=True)
