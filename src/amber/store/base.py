@@ -26,7 +26,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import uuid
+import secrets
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -117,7 +118,11 @@ class PreparedMessage:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """``prefix_`` and 32 hex digits, time-ordered like a UUIDv7: 48 bits of milliseconds, then 80
+    random bits. Ids made close in time sort close together, so each store's unique indexes on ids
+    take new entries on their right-most pages instead of a random page per write (with random ids,
+    a commit dirtied one index page per message); 80 random bits keep them unguessable."""
+    return f"{prefix}_{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{secrets.token_hex(10)}"
 
 
 def digest(*parts: str | None) -> str:
