@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from ..governance.audit import reads_not_audited
 from ..keys import SessionKey
 from ..records import NewMessage, VectorItem
 from ..store import open_store, redact_url
@@ -283,6 +284,15 @@ async def bench_store(
             reads.append(time.perf_counter() - t)
         assert len(window) == min(50, window_messages)
         result["window_read_last50"] = {"session_messages": window_messages, **_summary(reads)}
+        # The same reads with read auditing suspended, so the audit trail's cost shows. Writes have
+        # no such figure: their audit entry is part of the write's own transaction, always.
+        unaudited = []
+        with reads_not_audited():
+            for _ in range(n(500)):
+                t = time.perf_counter()
+                await store.read_window(wkey, last=50)
+                unaudited.append(time.perf_counter() - t)
+        result["window_read_last50_reads_not_audited"] = _summary(unaudited)
 
         if vectors:
             result["search_one_user"] = await _search_phase(store, tenant, vectors, dim, n(100), say)
