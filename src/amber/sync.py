@@ -250,6 +250,8 @@ class SyncStore:
     list_states = _Blocking(Store.list_states)
     delete_session = _Blocking(Store.delete_session)
     delete_user = _Blocking(Store.delete_user)
+    delete_message = _Blocking(Store.delete_message)
+    correct_message = _Blocking(Store.correct_message)
     record_fact = _Blocking(Store.record_fact)
     list_facts = _Blocking(Store.list_facts)
     get_fact = _Blocking(Store.get_fact)

@@ -71,11 +71,13 @@ WRITE_OPERATIONS = frozenset({
     "fact.record",     # new id (+ ids it superseded) + hash of the text
     "session.restore", # restore_session: message ids + name@version; content hashes + data hashes
     "fact.restore",    # restore_facts: fact ids + hashes of the texts
-    "fact.delete",
+    "fact.delete",     # delete_fact, and facts removed with the message they were learned from
+    "message.correct", # correct_message: the id; old and new content hash
     "vector.put",      # kind:id + hash of each stored vector
     "learn.fail",      # job id + message id of a failed learning job
 })
-ERASURE_OPERATIONS = frozenset({"session.delete", "user.delete", "retention.prune"})
+# message.delete names one message (id + content hash): a late fact learned from it is refused too.
+ERASURE_OPERATIONS = frozenset({"session.delete", "user.delete", "retention.prune", "message.delete"})
 
 # An erasure receipt lists the erased ids; a huge erasure is split into several entries.
 ERASURE_CHUNK = 10_000

@@ -53,9 +53,11 @@ from ..errors import InvalidInput
 from ..keys import SessionKey, validate_part
 from ..records import Fact, Hit, Message, NewFact, NewMessage, SessionInfo, StateBlob, VectorItem
 from ..store.base import (
+    CORRECTION_KEYS,
     Capability,
     Store,
     new_id,
+    prepare_correction,
     prepare_fact,
     prepare_message,
     prepare_restore,
@@ -277,10 +279,23 @@ class EncryptedStore(DelegatingStore):
         where = (m.key.tenant, m.key.user, m.key.thread, "message")
         content = c.open(_unb32(sealed[len(MARKER):]), (*where, "content")).decode("utf-8")
         payload = None if m.payload is None else c.open_json(m.payload, (*where, "payload"))
-        if not _is_sealed_json(m.metadata):
+        # A correction adds corrected_at (plaintext, like created_at) and a sealed correction_reason
+        # next to the sealed metadata (see correct_message).
+        extra = {k: v for k, v in m.metadata.items() if k in CORRECTION_KEYS} if isinstance(m.metadata, Mapping) else {}
+        sealed_meta = {k: v for k, v in m.metadata.items() if k not in extra} if extra else m.metadata
+        if not _is_sealed_json(sealed_meta):
             raise IntegrityError(f"message {m.id} in encrypted tenant {m.key.tenant!r} has plaintext metadata")
-        meta = c.open_json(m.metadata, (*where, "metadata"))
-        return replace(m, content=content, payload=payload, metadata=meta["m"],
+        meta = c.open_json(sealed_meta, (*where, "metadata"))
+        metadata = meta["m"]
+        if extra:
+            metadata = dict(metadata)
+            if "corrected_at" in extra:
+                metadata["corrected_at"] = extra["corrected_at"]
+            reason = _sealed_part(str(extra.get("correction_reason", "")))
+            if reason is not None:
+                metadata["correction_reason"] = c.open(_unb32(reason[len(MARKER):]),
+                                                       (*where, "correction_reason")).decode("utf-8")
+        return replace(m, content=content, payload=payload, metadata=metadata,
                        idempotency_key=meta["i"] or m.idempotency_key, tokens=estimate_tokens(content))
 
     async def _open_messages(self, key: SessionKey, msgs: list[Message]) -> list[Message]:
@@ -325,6 +340,22 @@ class EncryptedStore(DelegatingStore):
             if keep < len(msgs) or exhausted:
                 return msgs[len(msgs) - keep:] if keep else []
             want = want * 4 if last is None else min(last, want * 4)
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        """The new content is sealed as append seals it (blind index tokens per the lexical
+        setting), and so is the reason; the store below records the correction on the ciphertext."""
+        if not self.config.encrypts(key.tenant):
+            return await self._inner.correct_message(key, message_id, content, reason=reason)
+        prepare_correction(message_id, content, reason, self.limits)  # validated in plaintext first
+        c = await self._cipher(key.tenant, write=True)
+        assert c is not None
+        where = (key.tenant, key.user, key.thread, "message")
+        sealed = c.seal_text(content, (*where, "content"), index=self.config.lexical == "blind")
+        sealed_reason = None if reason is None else c.seal_text(reason, (*where, "correction_reason"), index=False)
+        stored = await self._inner.correct_message(key, message_id, sealed, reason=sealed_reason)
+        return self._open_message(c, stored)
 
     # -- restore ----------------------------------------------------------------------------------
     async def restore_session(

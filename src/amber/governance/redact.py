@@ -373,6 +373,16 @@ class RedactingStore(DelegatingStore):
             fact = self._fact(tenant, fact)
         return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes)
 
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        """A correction is a write like append: its content and reason are redacted."""
+        if isinstance(content, str):
+            content = self.redactor.redact(content, key.tenant)
+        if isinstance(reason, str):
+            reason = self.redactor.redact(reason, key.tenant)
+        return await self._inner.correct_message(key, message_id, content, reason=reason)
+
     # A restore is a write like any other: the policy applies to it (no bypass by export/import).
     # Redacting text that was redacted already changes nothing, so a round trip of this store's own
     # export stays exact; where it does change a message, its content hash is recomputed, so the

@@ -16,6 +16,7 @@ Semantics every backend honours:
 * ``restore_session`` / ``restore_facts`` write records with their given identity (ids, seq,
   timestamps, versions) into an empty target, atomically, or refuse with ``Conflict`` and write
   nothing: the primitive behind an exact export -> forget -> import round trip.
+* ``delete_message`` / ``correct_message`` act on one message and never renumber the others.
 
 Validation and encoding that every backend needs lives here (``prepare_message``,
 ``select_window``...), so a backend is only the part that talks to its database.
@@ -72,6 +73,10 @@ __all__ = [
     "validate_limit",
     "MessageKind",
     "restore_conflict",
+    "PreparedCorrection",
+    "prepare_correction",
+    "corrected_metadata",
+    "CORRECTION_KEYS",
 ]
 
 MessageKind = str  # "message" | "fact"
@@ -276,8 +281,8 @@ def prepare_restore(
     created_at: datetime | None, updated_at: datetime | None, last_seq: int | None, limits: StoreLimits,
 ) -> PreparedRestore:
     """Validate a ``restore_session`` call before anything is written. Sequence numbers must be
-    consecutive (retention may have removed the oldest, so the first may be above 1) and end at or
-    below ``last_seq``; ids and idempotency keys unique; every record of ``key``."""
+    increasing (retention or ``delete_message`` may have left gaps, and the first may be above 1)
+    and end at or below ``last_seq``; ids and idempotency keys unique; every record of ``key``."""
     if not isinstance(key, SessionKey):
         raise InvalidInput(f"expected a SessionKey, got {type(key).__name__}")
     if isinstance(messages, (str, bytes)) or isinstance(states, (str, bytes)):
@@ -292,8 +297,8 @@ def prepare_restore(
             raise InvalidInput(f"message {m.id!r} belongs to {m.key}, not {key}")
         if isinstance(m.seq, bool) or not isinstance(m.seq, int) or not 1 <= m.seq <= 2**63 - 1:
             raise InvalidInput(f"message seq must be a positive 64-bit integer, got {m.seq!r}")
-        if prepared and m.seq != prepared[-1][0] + 1:
-            raise InvalidInput(f"message seqs must be consecutive: {m.seq} follows {prepared[-1][0]}")
+        if prepared and m.seq <= prepared[-1][0]:
+            raise InvalidInput(f"message seqs must be increasing: {m.seq} follows {prepared[-1][0]}")
         if m.idempotency_key is None:
             raise InvalidInput("a restored message needs its idempotency_key")
         if not isinstance(m.metadata, Mapping) or not (m.payload is None or isinstance(m.payload, Mapping)):
@@ -399,6 +404,61 @@ def prepare_restored_facts(tenant: str, user: str, facts: Sequence[Fact], limits
     return out
 
 
+# The metadata keys a correction sets on the message (see Store.correct_message).
+CORRECTION_KEYS = ("corrected_at", "correction_reason")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCorrection:
+    """A validated ``correct_message`` call: the new content and its derived fields. ``apply`` gives
+    the stored message's new metadata and content hash, which depend on the message itself."""
+
+    content: str
+    reason: str | None
+    tokens: int
+    at: datetime
+
+    def content_hash(self, role: str) -> str:
+        # The payload is dropped (it embeds the old content), so it is not part of the hash.
+        return digest(role, self.content, None)
+
+    def metadata(self, old: Mapping[str, Any], limits: StoreLimits) -> str:
+        text = encode_json(corrected_metadata(old, self.at, self.reason), "metadata")
+        size = len(self.content.encode("utf-8")) + len(text.encode("utf-8"))
+        if size > limits.max_message_bytes:
+            raise MessageTooLarge(
+                f"corrected message is {size} bytes; the limit is {limits.max_message_bytes} bytes "
+                "(StoreLimits.max_message_bytes)"
+            )
+        return text
+
+
+def corrected_metadata(old: Mapping[str, Any], at: datetime, reason: str | None) -> dict[str, Any]:
+    """The metadata of a corrected message: the old one plus ``corrected_at`` (ISO 8601 UTC) and,
+    if given, ``correction_reason`` (a reason of an earlier correction is not carried over)."""
+    meta = {k: v for k, v in dict(old).items() if k != "correction_reason"}
+    meta["corrected_at"] = at.astimezone(timezone.utc).isoformat()
+    if reason is not None:
+        meta["correction_reason"] = reason
+    return meta
+
+
+def prepare_correction(message_id: str, content: str, reason: str | None, limits: StoreLimits) -> PreparedCorrection:
+    """Validate a ``correct_message`` call before anything is read or written."""
+    _record_id(message_id, "message id")
+    if not isinstance(content, str):
+        raise InvalidInput("content must be a string")
+    _check_text(content, "content")
+    if reason is not None:
+        if not isinstance(reason, str):
+            raise InvalidInput("reason must be a string")
+        _check_text(reason, "reason")
+    if len(content.encode("utf-8")) > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"content is larger than {limits.max_message_bytes} bytes (StoreLimits.max_message_bytes)")
+    return PreparedCorrection(content=content, reason=reason, tokens=estimate_tokens(content), at=utcnow())
+
+
 def restore_conflict(what: str) -> Conflict:
     """The refusal every backend raises when a restore target is not empty (nothing was written)."""
     return Conflict(f"restore refused, nothing was written: {what}")
@@ -501,7 +561,7 @@ class Store(ABC):
 
         One transaction: refuses with :class:`~amber.errors.Conflict` and writes nothing if the
         session already holds messages (or a ``last_seq``) or any state blob, or if a message id is
-        taken; :class:`~amber.errors.InvalidInput` for bad records (seqs not consecutive, duplicate
+        taken; :class:`~amber.errors.InvalidInput` for bad records (seqs not increasing, duplicate
         ids or keys...). Like ``append``, it queues a learn job per message (the learner re-embeds
         them; facts restored with the same source ids are not learned twice) and indexes the text
         for ``search_text``; vectors are not part of a restore. Audited as ``session.restore``.
@@ -536,6 +596,37 @@ class Store(ABC):
         """Delete a session's messages, state, jobs and index entries (facts are the user's and
         stay); audited with an erasure receipt naming the erased ids. A fact whose every source
         message was erased is refused afterwards (no resurrection by a late learning job)."""
+
+    @abstractmethod
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        """Delete one message of a session. False (and nothing changed) if the session holds no
+        message of that id -- also when the id belongs to another session, user or tenant.
+
+        The other messages keep their seqs: the deleted one leaves a gap that ``read_window`` and
+        ``read_since`` simply skip, and ``last_seq`` is not reused. Removed with it, in the same
+        transaction: its lexical index entry, its vectors, its learn jobs, and every fact of the
+        user that it is a source of and that has no other source message left (with the fact's
+        vectors; facts without sources, recorded by hand, are never touched). Audited as
+        ``message.delete`` (the id and content hash, never content) -- an erasure receipt: a late
+        learning job cannot bring back a fact learned from it -- plus ``fact.delete`` naming the
+        facts removed with it. On SQLite the freed pages are zeroed (``secure_delete``) and the WAL
+        is checkpointed, as for ``delete_session``."""
+
+    @abstractmethod
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        """Replace one message's content, keeping its id, seq, role, author, idempotency key and
+        ``created_at``; returns the corrected message. Raises :class:`~amber.errors.NotFound`
+        (nothing changed) if the session holds no message of that id.
+
+        Tokens and ``content_hash`` are recomputed. The structured ``payload`` is dropped (it embeds
+        the old content; readers such as the AutoGen adapters decode the message from role and
+        content) and ``payload_format`` becomes ``"text/1"``. Metadata gains ``corrected_at`` (ISO
+        8601 UTC) and ``correction_reason`` when a reason is given. The lexical index follows the
+        new content; the old vectors are removed; facts whose only source messages are this one are
+        deleted (they were learned from the text being corrected) and the message is queued for
+        learning again. Audited as ``message.correct`` with the old and the new content hash."""
 
     @abstractmethod
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:

@@ -121,6 +121,14 @@ class DelegatingStore(Store):
     async def delete_session(self, key: SessionKey) -> DeletionReceipt:
         return await self._inner.delete_session(key)
 
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        return await self._inner.delete_message(key, message_id)
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        return await self._inner.correct_message(key, message_id, content, reason=reason)
+
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
         return await self._inner.delete_user(tenant, user)
 

@@ -41,6 +41,7 @@ from .base import (
     digest,
     encode_json,
     new_id,
+    prepare_correction,
     prepare_fact,
     prepare_message,
     prepare_restore,
@@ -423,6 +424,76 @@ class MemoryStore(AuditedReads, Store):
             counts = {"messages": len(msgs), "states": len(states), "jobs": len(jobs), "vectors": vec}
             self._receipt(key.tenant, "session.delete", key.user, key.thread, [m.id for m in msgs] + state_refs)
         return DeletionReceipt("session.delete", key.tenant, key.user, key.thread, counts, utcnow())
+
+    def _find(self, key: SessionKey, message_id: str) -> tuple[_Session, int] | None:
+        s = self._d.sessions.get(key)
+        if s is None or not isinstance(message_id, str):
+            return None
+        for i, m in enumerate(s.messages):
+            if m.id == message_id:
+                return s, i
+        return None
+
+    def _drop_orphaned_facts(self, key: SessionKey, message_id: str) -> None:
+        """Delete the facts ``message_id`` is a source of that have no other live source message."""
+        d = self._d
+        live = {m.id for k, s in d.sessions.items() if k.tenant == key.tenant and k.user == key.user
+                for m in s.messages if m.id != message_id}
+        gone = sorted(f.id for f in d.facts.values()
+                      if f.tenant == key.tenant and f.user == key.user and message_id in f.source_message_ids
+                      and not any(src in live for src in f.source_message_ids))
+        for fid in gone:
+            del d.facts[fid]
+        if gone:
+            self._drop_vectors(key.tenant, key.user, {("fact", fid) for fid in gone})
+            self._audit(key.tenant, "fact.delete", user=key.user, thread=key.thread, record_ids=gone)
+
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        d = self._d
+        with d.lock:
+            found = self._find(key, message_id)
+            if found is None:
+                return False
+            s, i = found
+            msg = s.messages.pop(i)
+            s.by_idem.pop(msg.idempotency_key or "", None)
+            for j in [j for j, job in d.jobs.items() if job.key == key and job.message_id == msg.id]:
+                del d.jobs[j]
+            self._drop_vectors(key.tenant, key.user, {("message", msg.id)})
+            d.erased[(key.tenant, key.user)].add(msg.id)  # no resurrection by a late learning job
+            self._audit(key.tenant, "message.delete", user=key.user, thread=key.thread,
+                        record_ids=[msg.id], digests=[msg.content_hash])
+            self._drop_orphaned_facts(key, msg.id)
+            return True
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        from ..errors import NotFound
+
+        c = prepare_correction(message_id, content, reason, self.limits)
+        d = self._d
+        with d.lock:
+            found = self._find(key, message_id)
+            if found is None:
+                raise NotFound(f"session {key} holds no message {message_id!r}")
+            s, i = found
+            old = s.messages[i]
+            new = replace(old, content=c.content, payload=None, payload_format="text/1",
+                          metadata=decode_json(c.metadata(old.metadata, self.limits)), tokens=c.tokens,
+                          content_hash=c.content_hash(old.role))
+            s.messages[i] = new
+            if old.idempotency_key is not None:
+                s.by_idem[old.idempotency_key] = new
+            for j in [j for j, job in d.jobs.items() if job.key == key and job.message_id == old.id]:
+                del d.jobs[j]
+            job = _Job(new_id("job"), key, new.id, new.seq)  # learn again, from the new text
+            d.jobs[job.id] = job
+            self._drop_vectors(key.tenant, key.user, {("message", old.id)})
+            self._audit(key.tenant, "message.correct", user=key.user, thread=key.thread,
+                        record_ids=[old.id], digests=[old.content_hash, new.content_hash])
+            self._drop_orphaned_facts(key, old.id)
+            return new
 
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
         validate_part("tenant", tenant)

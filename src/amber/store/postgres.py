@@ -33,7 +33,7 @@ import math
 import re
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -77,6 +77,7 @@ from .base import (
     digest,
     encode_json,
     new_id,
+    prepare_correction,
     prepare_fact,
     prepare_message,
     prepare_restore,
@@ -150,7 +151,11 @@ _FACT_COLS = (
     "valid_from, valid_to, superseded_by, created_at, metadata"
 )
 _AUDIT_COLS = "id, tenant_id, at, actor, operation, user_id, thread_id, count, record_ids, digests, chain_seq, chain_hash"
-_ERASURES = "('session.delete', 'user.delete', 'retention.prune')"
+# A session's message count: retention and delete_message leave gaps, so last_seq is not it.
+# Counted on the primary key (an index-only scan); sessions has no counter to keep in step.
+_MESSAGE_COUNT = ("(SELECT count(*) FROM {s}.messages m WHERE m.tenant_id = s.tenant_id AND m.user_id = s.user_id "
+                  "AND m.thread_id = s.thread_id)")
+_ERASURES = "('session.delete', 'user.delete', 'retention.prune', 'message.delete')"  # as the audit_erasures index
 
 
 def _utc(value: datetime) -> datetime:
@@ -831,14 +836,14 @@ class PostgresStore(AuditedReads, Store):
     async def get_session(self, key: SessionKey) -> SessionInfo | None:
         self._check_key(key)
         rows = await self._fetchall(
-            "SELECT last_seq, created_at, updated_at FROM {s}.sessions "
+            f"SELECT last_seq, created_at, updated_at, {_MESSAGE_COUNT} FROM {{s}}.sessions s "
             "WHERE tenant_id = %s AND user_id = %s AND thread_id = %s AND last_seq > 0",
             (key.tenant, key.user, key.thread),
         )
         if not rows:
             return None
-        last_seq, created, updated = rows[0]
-        return SessionInfo(key, last_seq, last_seq, _utc(created), _utc(updated))
+        last_seq, created, updated, count = rows[0]
+        return SessionInfo(key, count, last_seq, _utc(created), _utc(updated))
 
     async def list_sessions(
         self, tenant: str, user: str | None = None, *, limit: int = 100, offset: int = 0
@@ -849,12 +854,12 @@ class PostgresStore(AuditedReads, Store):
         validate_limit(limit, allow_none=False)
         validate_limit(offset, "offset", allow_none=False)
         rows = await self._fetchall(
-            "SELECT user_id, thread_id, last_seq, created_at, updated_at FROM {s}.sessions "
+            f"SELECT user_id, thread_id, last_seq, created_at, updated_at, {_MESSAGE_COUNT} FROM {{s}}.sessions s "
             "WHERE tenant_id = %s AND (%s::text IS NULL OR user_id = %s) AND last_seq > 0 "
             'ORDER BY updated_at DESC, user_id COLLATE "C" DESC, thread_id COLLATE "C" DESC LIMIT %s OFFSET %s',
             (tenant, user, user, limit, offset),
         )
-        return [SessionInfo(SessionKey(tenant, u, t), n, n, _utc(c), _utc(up)) for u, t, n, c, up in rows]
+        return [SessionInfo(SessionKey(tenant, u, t), count, n, _utc(c), _utc(up)) for u, t, n, c, up, count in rows]
 
     async def list_users(self, tenant: str, *, limit: int = 100, offset: int = 0) -> list[str]:
         validate_part("tenant", tenant)
@@ -936,8 +941,7 @@ class PostgresStore(AuditedReads, Store):
                               record_ids=ids, digests=digests)
         if not r.last_seq:
             return None
-        # message_count: this backend reports last_seq (as get_session does)
-        return SessionInfo(key, r.last_seq, r.last_seq, r.created_at, r.updated_at)
+        return SessionInfo(key, len(r.messages), r.last_seq, r.created_at, r.updated_at)
 
     async def restore_facts(self, tenant: str, user: str, facts: Sequence[Fact]) -> None:
         restored = prepare_restored_facts(tenant, user, facts, self.limits)
@@ -1057,6 +1061,84 @@ class PostgresStore(AuditedReads, Store):
             at = (await cur.fetchone())[0]
         counts = {"messages": len(ids), "states": len(states), "jobs": jobs, "vectors": vectors}
         return DeletionReceipt("session.delete", key.tenant, key.user, key.thread, counts, _utc(at))
+
+    async def _drop_orphaned_facts(self, conn: Any, key: SessionKey, message_id: str) -> None:
+        """Delete the facts ``message_id`` is a source of that have no other live source message
+        (with their vectors); audited as ``fact.delete``."""
+        cur = await conn.execute(self._sql(
+            "DELETE FROM {s}.facts f WHERE f.tenant_id = %s AND f.user_id = %s AND %s = ANY(f.source_message_ids) "
+            "AND NOT EXISTS (SELECT 1 FROM {s}.messages m WHERE m.tenant_id = f.tenant_id AND m.user_id = f.user_id "
+            "AND m.id = ANY(f.source_message_ids) AND m.id <> %s) RETURNING f.id"),
+            (key.tenant, key.user, message_id, message_id))
+        gone = sorted(r[0] for r in await cur.fetchall())
+        if gone:
+            await conn.execute(
+                self._sql("DELETE FROM {s}.vectors WHERE tenant_id = %s AND user_id = %s AND kind = 'fact' "
+                          "AND item_id = ANY(%s::text[])"), (key.tenant, key.user, gone))
+            await self._audit(conn, key.tenant, "fact.delete", user=key.user, thread=key.thread, record_ids=gone)
+
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        self._check_key(key)
+        if not isinstance(message_id, str):
+            return False
+        pk = (key.tenant, key.user, key.thread)
+        where = "tenant_id = %s AND user_id = %s AND thread_id = %s"
+        async with self._tx() as conn:
+            # As an erasure: a late learning job commits its fact before (deleted here) or sees the receipt.
+            await self._user_lock(conn, key.tenant, key.user, exclusive=True)
+            cur = await conn.execute(
+                self._sql(f"DELETE FROM {{s}}.messages WHERE {where} AND id = %s RETURNING content_hash"),
+                (*pk, message_id))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await conn.execute(self._sql(f"DELETE FROM {{s}}.learn_jobs WHERE {where} AND message_id = %s"),
+                               (*pk, message_id))
+            await conn.execute(
+                self._sql("DELETE FROM {s}.vectors WHERE tenant_id = %s AND user_id = %s AND kind = 'message' "
+                          "AND item_id = %s"), (key.tenant, key.user, message_id))
+            await self._audit(conn, key.tenant, "message.delete", user=key.user, thread=key.thread,
+                              record_ids=[message_id], digests=[row[0]])
+            await self._drop_orphaned_facts(conn, key, message_id)
+        return True
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        self._check_key(key)
+        c = prepare_correction(message_id, content, reason, self.limits)
+        pk = (key.tenant, key.user, key.thread)
+        where = "tenant_id = %s AND user_id = %s AND thread_id = %s"
+        async with self._tx() as conn:
+            await self._user_lock(conn, key.tenant, key.user, exclusive=True)
+            cur = await conn.execute(
+                self._sql(f"SELECT {_MSG_COLS} FROM {{s}}.messages WHERE {where} AND id = %s FOR UPDATE"),
+                (*pk, message_id))
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"session {key} holds no message {message_id!r}")
+            old = self._message(key, row)
+            meta = c.metadata(old.metadata, self.limits)
+            new_hash = c.content_hash(old.role)
+            # tsv is a generated column: the lexical index follows the new content
+            await conn.execute(
+                self._sql(f"UPDATE {{s}}.messages SET content = %s, payload = NULL, payload_format = 'text/1', "
+                          f"metadata = %s, tokens = %s, content_hash = %s WHERE {where} AND seq = %s"),
+                (c.content, meta, c.tokens, new_hash, *pk, old.seq))
+            await conn.execute(self._sql(f"DELETE FROM {{s}}.learn_jobs WHERE {where} AND message_id = %s"),
+                               (*pk, message_id))
+            await conn.execute(  # learn again, from the new text
+                self._sql("INSERT INTO {s}.learn_jobs (id, tenant_id, user_id, thread_id, message_id, seq, available_at) "
+                          "VALUES (%s, %s, %s, %s, %s, %s, now())"),
+                (new_id("job"), *pk, message_id, old.seq))
+            await conn.execute(
+                self._sql("DELETE FROM {s}.vectors WHERE tenant_id = %s AND user_id = %s AND kind = 'message' "
+                          "AND item_id = %s"), (key.tenant, key.user, message_id))
+            await self._audit(conn, key.tenant, "message.correct", user=key.user, thread=key.thread,
+                              record_ids=[message_id], digests=[old.content_hash, new_hash])
+            await self._drop_orphaned_facts(conn, key, message_id)
+        return replace(old, content=c.content, payload=None, payload_format="text/1",
+                       metadata=decode_json(meta), tokens=c.tokens, content_hash=new_hash)
 
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
         validate_part("tenant", tenant)

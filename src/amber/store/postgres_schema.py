@@ -209,6 +209,11 @@ CREATE TRIGGER vectors_stamp_update AFTER UPDATE ON {s}.vectors REFERENCING NEW 
 CREATE TRIGGER vectors_stamp_delete AFTER DELETE ON {s}.vectors REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.vector_stamps_bump();
 """),
+    Migration(4, "message.delete is an erasure receipt too (erasure receipt lookup)", """
+DROP INDEX {s}.audit_erasures;
+CREATE INDEX audit_erasures ON {s}.audit (tenant_id, user_id)
+    WHERE operation IN ('session.delete', 'user.delete', 'retention.prune', 'message.delete');
+"""),
 )
 
 PGVECTOR: tuple[Migration, ...] = (

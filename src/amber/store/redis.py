@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Mapping, Sequence, TypeVar
 
 from ..errors import Conflict, InvalidInput, InvalidStoreURL, MissingDependency, VersionConflict
 from ..keys import SessionKey, validate_part
@@ -42,6 +42,7 @@ from .base import Capability, Store, digest, encode_json, select_window, validat
 __all__ = ["RedisCachedStore"]
 
 log = logging.getLogger("amber.store.redis")
+T = TypeVar("T")
 
 
 def _import_redis() -> Any:
@@ -50,6 +51,14 @@ def _import_redis() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingDependency("redis", "redis") from exc
     return aioredis
+
+
+def _consecutive_tail(msgs: list[Message]) -> list[Message]:
+    """The longest suffix of ``msgs`` whose seqs are consecutive."""
+    i = len(msgs) - 1
+    while i > 0 and msgs[i - 1].seq == msgs[i].seq - 1:
+        i -= 1
+    return msgs[max(i, 0):]
 
 
 def _nonce() -> str:
@@ -511,11 +520,15 @@ class RedisCachedStore(DelegatingStore):
         tag = res[1]
         with reads_not_audited():  # the fill is ours; the caller's answer is audited below
             msgs = await self._inner.read_window(key, last=self._cache_messages)
+        # The cache holds consecutive seqs only: after a deleted message (a gap) only the run
+        # after the last gap is cached, and reads reaching further back go to the store.
+        run = _consecutive_tail(msgs)
         first = msgs[0].seq if msgs else 1
         last_seq = msgs[-1].seq if msgs else 0
         try:
             filled = await self._run("FILL_WINDOW", self._keys(key), [
-                _RUN, tag, self._ttl_ms, key.thread, first, last_seq, *(_encode_message(m) for m in msgs)])
+                _RUN, tag, self._ttl_ms, key.thread, run[0].seq if run else 1, last_seq,
+                *(_encode_message(m) for m in run)])
             self.stats["fills"] += int(filled == 1)
         except _Unavailable:
             pass
@@ -766,6 +779,30 @@ class RedisCachedStore(DelegatingStore):
             return await self._inner.delete_session(key)
         finally:
             try:  # also removes the cached copies of the deleted data from Redis
+                await self._invalidate_session(key, token=token, force=True)
+            except _Unavailable:
+                self._owe(("s", key.tenant, key.user, key.thread), token)
+
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        """As delete_session: the session's cached window (holding the message) is wiped from Redis
+        and from this process, whatever the outcome; readers refill from the store below."""
+        return await self._rewrite_one(key, self._inner.delete_message(key, message_id))
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        """As delete_message: the old content must not be served from, or linger in, the cache."""
+        return await self._rewrite_one(key, self._inner.correct_message(key, message_id, content, reason=reason))
+
+    async def _rewrite_one(self, key: SessionKey, write: Awaitable[T]) -> T:
+        self._forget(key)
+        self._decoded = {k: m for k, m in self._decoded.items() if k[0] != key}
+        token = _nonce()
+        await self._begin(key, token)  # nobody refills until the wipe below (or the token's deadline)
+        try:
+            return await write
+        finally:
+            try:
                 await self._invalidate_session(key, token=token, force=True)
             except _Unavailable:
                 self._owe(("s", key.tenant, key.user, key.thread), token)

@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -72,6 +73,7 @@ from .base import (
     digest,
     encode_json,
     new_id,
+    prepare_correction,
     prepare_fact,
     prepare_message,
     prepare_restore,
@@ -993,6 +995,79 @@ class SQLiteStore(AuditedReads, Store):
         await self._checkpoint()
         return receipt
 
+    async def delete_message(self, key: SessionKey, message_id: str) -> bool:
+        if not isinstance(key, SessionKey):
+            raise InvalidInput(f"expected a SessionKey, got {type(key).__name__}")
+        if not isinstance(message_id, str):
+            return False
+        actor = current_actor()
+        k = (key.tenant, key.user, key.thread)
+        where = "tenant_id = ? AND user_id = ? AND thread_id = ?"
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(f"SELECT rid, content_hash FROM messages WHERE id = ? AND {where}",
+                               (message_id, *k)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM messages WHERE rid = ?", (row[0],))  # the trigger drops its FTS entry
+            conn.execute(f"UPDATE sessions SET message_count = message_count - 1 WHERE {where}", k)
+            conn.execute(f"DELETE FROM learn_jobs WHERE {where} AND message_id = ?", (*k, message_id))
+            vec = conn.execute(
+                "DELETE FROM vectors WHERE tenant_id = ? AND user_id = ? AND kind = 'message' AND item_id = ?",
+                (key.tenant, key.user, message_id)).rowcount
+            with_actor(conn, key.tenant, "message.delete", actor, user=key.user, thread=key.thread,
+                       record_ids=[message_id], digests=[row[1]])
+            facts, fact_vec = _drop_orphaned_facts(conn, key, message_id, actor)
+            if vec or fact_vec:
+                _bump_vectors(conn, key.tenant, key.user)
+            _scrub_index(conn, messages=True, facts=bool(facts))
+            return True
+
+        done = await self._write(op)
+        if done:
+            await self._checkpoint()
+        return done
+
+    async def correct_message(
+        self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None
+    ) -> Message:
+        if not isinstance(key, SessionKey):
+            raise InvalidInput(f"expected a SessionKey, got {type(key).__name__}")
+        c = prepare_correction(message_id, content, reason, self.limits)
+        actor = current_actor()
+        limits = self.limits
+        k = (key.tenant, key.user, key.thread)
+        where = "tenant_id = ? AND user_id = ? AND thread_id = ?"
+
+        def op(conn: sqlite3.Connection) -> Message:
+            row = conn.execute(f"SELECT rid, {self._MSG_COLS} FROM messages WHERE id = ? AND {where}",
+                               (message_id, *k)).fetchone()
+            if row is None:
+                raise NotFound(f"session {key} holds no message {message_id!r}")
+            rid, old = row[0], self._message(key, row[1:])
+            meta = c.metadata(old.metadata, limits)
+            new_hash = c.content_hash(old.role)
+            # the update trigger replaces its FTS entry
+            conn.execute("UPDATE messages SET content = ?, payload = NULL, payload_format = 'text/1', metadata = ?,"
+                         " tokens = ?, content_hash = ? WHERE rid = ?", (c.content, meta, c.tokens, new_hash, rid))
+            conn.execute(f"DELETE FROM learn_jobs WHERE {where} AND message_id = ?", (*k, message_id))
+            conn.execute(_APPEND_JOB, (new_id("job"), *k, message_id, old.seq, _now_us()))  # learn the new text
+            vec = conn.execute(
+                "DELETE FROM vectors WHERE tenant_id = ? AND user_id = ? AND kind = 'message' AND item_id = ?",
+                (key.tenant, key.user, message_id)).rowcount
+            with_actor(conn, key.tenant, "message.correct", actor, user=key.user, thread=key.thread,
+                       record_ids=[message_id], digests=[old.content_hash, new_hash])
+            facts, fact_vec = _drop_orphaned_facts(conn, key, message_id, actor)
+            if vec or fact_vec:
+                _bump_vectors(conn, key.tenant, key.user)
+            _scrub_index(conn, messages=True, facts=bool(facts))  # the old text leaves the index
+            return replace(old, content=c.content, payload=None, payload_format="text/1",
+                           metadata=decode_json(meta), tokens=c.tokens, content_hash=new_hash)
+
+        msg = await self._write(op)
+        await self._checkpoint()
+        return msg
+
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
         validate_part("tenant", tenant)
         validate_part("user", user)
@@ -1592,7 +1667,7 @@ class SQLiteStore(AuditedReads, Store):
 
 # -- helpers ------------------------------------------------------------------------------------------
 _AUDIT_COLS = "id, tenant_id, at, actor, operation, user_id, thread_id, count, record_ids, digests, chain_seq, chain_hash"
-_ERASURES = "('session.delete', 'user.delete', 'retention.prune')"
+_ERASURES = "('session.delete', 'user.delete', 'retention.prune', 'message.delete')"  # as the audit_erasures index
 
 
 def _audit_event(r: Sequence[Any]) -> AuditEvent:
@@ -1630,6 +1705,31 @@ def _any_live(conn: sqlite3.Connection, tenant: str, user: str, ids: Sequence[st
                         " AND +user_id = ? LIMIT 1", (*chunk, tenant, user)).fetchone():
             return True
     return False
+
+
+def _drop_orphaned_facts(conn: sqlite3.Connection, key: SessionKey, message_id: str, actor: str) -> tuple[list[str], int]:
+    """Delete the facts ``message_id`` is a source of that have no other live source message (with
+    their vectors); audited as ``fact.delete``. Returns the fact ids and the vectors removed."""
+    gone = []
+    for fid, sources in conn.execute(
+        "SELECT id, source_ids FROM facts WHERE tenant_id = ? AND user_id = ?"
+        " AND EXISTS (SELECT 1 FROM json_each(facts.source_ids) WHERE value = ?)",
+        (key.tenant, key.user, message_id),
+    ).fetchall():
+        others = [s for s in json.loads(sources) if s != message_id]
+        if not others or not _any_live(conn, key.tenant, key.user, others):
+            gone.append(fid)
+    gone.sort()
+    vec = 0
+    for chunk in _chunks(gone, 500):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM facts WHERE tenant_id = ? AND user_id = ? AND id IN ({marks})",
+                     (key.tenant, key.user, *chunk))
+        vec += conn.execute(f"DELETE FROM vectors WHERE tenant_id = ? AND user_id = ? AND kind = 'fact'"
+                            f" AND item_id IN ({marks})", (key.tenant, key.user, *chunk)).rowcount
+    if gone:
+        with_actor(conn, key.tenant, "fact.delete", actor, user=key.user, thread=key.thread, record_ids=gone)
+    return gone, vec
 
 
 def _scrub_index(conn: sqlite3.Connection, *, messages: bool, facts: bool) -> None:

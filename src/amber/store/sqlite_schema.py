@@ -263,12 +263,30 @@ def _audit_chain(conn: sqlite3.Connection) -> None:
     )
 
 
+def _single_message_edits(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        -- correct_message rewrites one message's content: keep its FTS5 entry in step
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content, scope) VALUES ('delete', old.rid, old.content, old.scope);
+            INSERT INTO messages_fts (rowid, content, scope) VALUES (new.rid, new.content, new.scope);
+        END;
+        -- delete_message writes an erasure receipt too (a late fact learned from it is refused)
+        DROP INDEX audit_erasures;
+        CREATE INDEX audit_erasures ON audit (tenant_id, user_id)
+            WHERE operation IN ('session.delete', 'user.delete', 'retention.prune', 'message.delete');
+        """,
+    )
+
+
 # (version, name, function): ordered and append-only.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial_schema", _initial_schema),
     (2, "scoped_search", _scoped_search),
     (3, "incremental_vectors", _incremental_vectors),
     (4, "audit_chain", _audit_chain),
+    (5, "single_message_edits", _single_message_edits),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

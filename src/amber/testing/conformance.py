@@ -516,7 +516,7 @@ class StoreConformance:
         r = dataclasses.replace
         other = SessionKey(key.tenant, key.user, "other")
         bad_sessions: list[tuple[list[Any], list[Any], dict[str, Any]]] = [
-            ([messages[0], messages[2]], [], {}),  # a gap in the seqs
+            ([messages[1], messages[0]], [], {}),  # seqs not increasing
             ([messages[0], r(messages[1], id=messages[0].id)], [], {}),  # duplicate id
             ([messages[0], r(messages[1], idempotency_key="r1")], [], {}),  # duplicate idempotency key
             ([r(messages[0], key=other)], [], {}),  # another session's message
@@ -699,6 +699,116 @@ class StoreConformance:
         assert set(entry.record_ids) == {m.id for m in msgs} | {fact.id, "state:t/agent@1"}
         assert entry.user == "gone" and entry.count == 5
         assert len(await store.read_since(kept)) == 1 and len(await store.list_facts(tenant, "kept")) == 1
+
+    # -- single-message deletion and correction (delete_message, correct_message) ----------------
+    async def test_delete_message_leaves_a_gap_and_never_renumbers(self, store: Store, key: SessionKey) -> None:
+        msgs = await store.append(key, [_msg(f"m{i}") for i in range(1, 6)])
+        assert len(await store.read_window(key)) == 5  # a cached window must not serve it afterwards
+        assert await store.delete_message(key, msgs[2].id) is True
+        assert [(m.seq, m.content) for m in await store.read_since(key)] == [(1, "m1"), (2, "m2"), (4, "m4"), (5, "m5")]
+        assert [m.seq for m in await store.read_window(key, last=3)] == [2, 4, 5]
+        assert [m.seq for m in await store.read_window(key)] == [1, 2, 4, 5]
+        assert [m.seq for m in await store.read_since(key, 2)] == [4, 5]
+        assert [m.seq for m in await store.read_since(key, 1, limit=2)] == [2, 4]
+        assert [m.id for m in await store.read_window(key, last=2)] == [msgs[3].id, msgs[4].id]
+        info = await store.get_session(key)
+        assert info is not None and info.message_count == 4 and info.last_seq == 5
+        assert await store.delete_message(key, msgs[2].id) is False  # already gone: nothing changes
+        assert await store.delete_message(key, msgs[4].id) is True  # the newest: its seq is not reused
+        assert (await store.append_one(key, _msg("m6"))).seq == 6
+        assert [m.seq for m in await store.read_window(key)] == [1, 2, 4, 6]
+        info = await store.get_session(key)
+        assert info is not None and info.message_count == 4 and info.last_seq == 6
+
+    async def test_delete_message_removes_its_index_vectors_jobs_and_orphaned_facts(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        await self._chained(store, key.tenant)
+        t, u = key.tenant, key.user
+        m1, m2 = await store.append(key, [_msg("my zebra policy is ZP-77"), _msg("my zebra is striped")])
+        await store.put_vectors(t, u, "toy", [VectorItem("message", m1.id, (1.0, 0.0)),
+                                              VectorItem("message", m2.id, (0.0, 1.0))])
+        only = await store.record_fact(t, u, NewFact("policy", "ZP-77", "policy ZP-77", source_message_ids=(m1.id,)))
+        shared = await store.record_fact(t, u, NewFact("pet", "zebra", "has a zebra", source_message_ids=(m1.id, m2.id)))
+        manual = await store.record_fact(t, u, NewFact("tier", "gold", "gold tier"))
+        await store.put_vectors(t, u, "toy", [VectorItem("fact", only.id, (1.0, 0.0))])
+        assert m1.id in {h.id for h in await store.search_text(t, u, "zebra", kinds=("message",))}
+        assert await store.delete_message(key, m1.id) is True
+        assert {h.id for h in await store.search_text(t, u, "zebra policy", kinds=("message",))} == {m2.id}
+        assert await store.search_text(t, u, "ZP", kinds=("message",)) == []
+        assert {h.id for h in await store.search_vectors(t, u, "toy", (1.0, 0.0))} == {m2.id}
+        jobs = [j for j in await store.claim_learn_jobs(limit=1000, tenant=t) if j.key == key]
+        assert [j.message_id for j in jobs] == [m2.id]
+        assert {f.id for f in await store.list_facts(t, u, include_superseded=True)} == {shared.id, manual.id}
+        with pytest.raises(AmberError):  # a late learning job cannot bring a fact of it back
+            await store.record_fact(t, u, NewFact("policy", "ZP-77", "policy ZP-77", source_message_ids=(m1.id,)))
+        (entry,) = await store.list_audit(t, operation="message.delete")
+        assert list(entry.record_ids) == [m1.id] and list(entry.digests) == [m1.content_hash]
+        assert entry.user == u and entry.thread == key.thread
+        (fact_entry,) = await store.list_audit(t, operation="fact.delete")
+        assert list(fact_entry.record_ids) == [only.id]
+        for e in await store.list_audit(t, limit=1000):
+            assert "zebra" not in repr((e.record_ids, e.digests)) and "ZP-77" not in repr((e.record_ids, e.digests))
+        assert await store.delete_message(key, m2.id) is True  # now the shared fact has no source left
+        assert {f.id for f in await store.list_facts(t, u, include_superseded=True)} == {manual.id}
+
+    async def test_correct_message_replaces_content_and_keeps_identity(self, store: Store, key: SessionKey) -> None:
+        await self._chained(store, key.tenant)
+        t, u = key.tenant, key.user
+        m1, m2, m3 = await store.append(key, [
+            _msg("first"), _msg("my policy is WRONG-1", metadata={"lang": "en"}, payload={"x": 1}, payload_format="x/1"),
+            _msg("third")])
+        learned = await store.record_fact(t, u, NewFact("policy", "WRONG-1", "policy WRONG-1", source_message_ids=(m2.id,)))
+        await store.put_vectors(t, u, "toy", [VectorItem("message", m2.id, (1.0, 0.0))])
+        await store.complete_learn_jobs([j.id for j in await store.claim_learn_jobs(limit=1000, tenant=t)])
+        assert len(await store.read_window(key)) == 3  # a cached window must not serve the old text afterwards
+        fixed = await store.correct_message(key, m2.id, "my policy is RIGHT-2", reason="typo")
+        assert (fixed.id, fixed.seq, fixed.role, fixed.key, fixed.idempotency_key) == (m2.id, 2, m2.role, key, m2.idempotency_key)
+        assert fixed.content == "my policy is RIGHT-2" and fixed.payload is None and fixed.payload_format == "text/1"
+        assert fixed.content_hash != m2.content_hash and fixed.tokens > 0
+        assert fixed.created_at == m2.created_at
+        assert fixed.metadata["lang"] == "en" and fixed.metadata["correction_reason"] == "typo"
+        assert datetime.fromisoformat(fixed.metadata["corrected_at"]).tzinfo is not None
+        assert await store.read_since(key) == [m1, fixed, m3]
+        assert await store.read_window(key, last=2) == [fixed, m3]
+        assert {h.id for h in await store.search_text(t, u, "RIGHT-2", kinds=("message",))} == {m2.id}
+        assert await store.search_text(t, u, "WRONG-1", kinds=("message",)) == []
+        assert await store.search_vectors(t, u, "toy", (1.0, 0.0), kinds=("message",)) == []  # re-embedded later
+        assert await store.list_facts(t, u, include_superseded=True) == []  # learned from the old text only
+        assert learned.id not in {f.id for f in await store.list_facts(t, u, include_superseded=True)}
+        jobs = [j for j in await store.claim_learn_jobs(limit=1000, tenant=t) if j.key == key]
+        assert [(j.message_id, j.seq) for j in jobs] == [(m2.id, 2)]  # queued for learning again
+        info = await store.get_session(key)
+        assert info is not None and info.message_count == 3 and info.last_seq == 3
+        (entry,) = await store.list_audit(t, operation="message.correct")
+        assert list(entry.record_ids) == [m2.id] and list(entry.digests) == [m2.content_hash, fixed.content_hash]
+        for e in await store.list_audit(t, limit=1000):
+            assert "RIGHT-2" not in repr((e.record_ids, e.digests)) and "typo" not in repr((e.record_ids, e.digests))
+        again = await store.correct_message(key, m2.id, "my policy is RIGHT-3")  # no reason: none is kept
+        assert "correction_reason" not in again.metadata and again.metadata["lang"] == "en"
+
+    async def test_unknown_or_foreign_message_ids_change_nothing(self, store: Store, tenant: str) -> None:
+        from ..errors import NotFound
+
+        key = SessionKey(tenant, "u-1", "t-1")
+        (m,) = await store.append(key, [_msg("keep me")])
+        other_tenant = f"{tenant}-x"
+        for wrong in (SessionKey(other_tenant, "u-1", "t-1"), SessionKey(tenant, "u-2", "t-1"),
+                      SessionKey(tenant, "u-1", "t-2")):
+            assert await store.delete_message(wrong, m.id) is False
+            with pytest.raises(NotFound):
+                await store.correct_message(wrong, m.id, "hijacked")
+        assert await store.delete_message(key, "msg_does_not_exist") is False
+        with pytest.raises(NotFound):
+            await store.correct_message(key, "msg_does_not_exist", "x")
+        with pytest.raises(InvalidInput):
+            await store.correct_message(key, m.id, "bad\x00content")
+        with pytest.raises(InvalidInput):
+            await store.correct_message(key, m.id, 42)  # type: ignore[arg-type]
+        assert await store.read_since(key) == [m]
+        for t in (tenant, other_tenant):
+            for op in ("message.delete", "message.correct", "fact.delete"):
+                assert await store.list_audit(t, operation=op) == []
 
     async def test_prune_removes_what_is_past_its_ttl_and_nothing_younger(self, store: Store, tenant: str) -> None:
         await self._chained(store, tenant)
