@@ -194,3 +194,32 @@ async def test_update_context_without_a_user_message_injects_nothing(store: ambe
     result = await memory.update_context(ctx)
     assert result.memories.results == [] and memory.last_block is None
     assert len(await ctx.get_messages()) == 1
+
+
+async def test_a_single_message_is_corrected_or_forgotten_with_what_was_learned_from_it(store: amber.Store) -> None:
+    await seed(store)
+    old = amber.SessionKey("acme", "u-42", "last-month")
+    memory = AmberMemory(store, amber.SessionKey("acme", "u-42", "today"))
+    first, thanks, injected = await store.read_since(old)
+    [claim] = await store.list_facts("acme", "u-42", attribute="claim_number")
+    assert claim.source_message_ids == (first.id,)
+
+    fixed = await memory.correct_message(first.id, "my claim number is C-9900 and I prefer email",
+                                         reason="typo", thread="last-month")
+    assert (fixed.id, fixed.seq) == (first.id, first.seq) and fixed.metadata["correction_reason"] == "typo"
+    assert await store.list_facts("acme", "u-42", attribute="claim_number", include_superseded=True) == []
+    await Learner(store).drain()  # the corrected message is learned again, from the new text
+    [relearned] = await store.list_facts("acme", "u-42", attribute="claim_number")
+    assert relearned.value == "C-9900" and relearned.source_message_ids == (first.id,)
+    texts = [r.content for r in (await memory.query("claim number")).results]
+    assert any("C-9900" in str(t) for t in texts) and not any("C-7788" in str(t) for t in texts)
+
+    assert await memory.forget_message(injected.id, thread="last-month") is True
+    assert await memory.forget_message(injected.id, thread="last-month") is False
+    assert await memory.forget_message(thanks.id) is False  # not a message of this memory's own thread
+    assert [(m.id, m.seq) for m in await store.read_since(old)] == [(first.id, 1), (thanks.id, 2)]
+    assert not any("pay out" in str(r.content) for r in (await memory.query("claim approved pay out")).results)
+    with pytest.raises(amber.NotFound):
+        await memory.correct_message(injected.id, "x", thread="last-month")
+    ops = [e.operation for e in await store.list_audit("acme", limit=1000)]
+    assert "message.correct" in ops and "message.delete" in ops

@@ -26,7 +26,8 @@ metadata schema (see docs/memory.md)::
     paths               dict        per-path scores (lexical, vector, fused, time, neighbour...)
 
 ``add`` stores an explicit memory (a fact of kind ``explicit``; metadata ``attribute`` makes a later
-``add`` with the same attribute supersede it). ``clear`` deletes this user's facts, one audited
+``add`` with the same attribute supersede it). Single records: ``correct``/``forget`` a fact,
+``correct_message``/``forget_message`` a transcript message. ``clear`` deletes this user's facts, one audited
 deletion each (transcripts stay: use ``store.delete_user`` to erase a user). ``close`` never deletes.
 """
 
@@ -48,7 +49,7 @@ from typing_extensions import Self
 from ..embed import embedder_spec, open_embedder
 from ..errors import InvalidInput, NotFound
 from ..keys import SessionKey
-from ..records import Fact, Hit, NewFact, VectorItem
+from ..records import Fact, Hit, Message, NewFact, VectorItem
 from ..recall import BLOCK_OPEN, Recall, render_block
 from ..store.base import Store
 
@@ -356,6 +357,28 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         """Delete one fact (audited by the store). False if this user has no such fact."""
         store = await self.store()
         return await store.delete_fact(self._key.tenant, self._key.user, fact_id)
+
+    async def forget_message(self, message_id: str, *, thread: str | None = None) -> bool:
+        """Delete one message of this user's transcript -- of this memory's thread, or of ``thread``
+        (a recalled turn names its thread) -- with its index entries and vectors, and the facts
+        learned from it alone. False if that session has no such message. The other messages keep
+        their seqs. Audited by the store as ``message.delete``."""
+        store = await self.store()
+        self._last_block = None  # a cached block may quote it
+        return await store.delete_message(self._session(thread), message_id)
+
+    async def correct_message(
+        self, message_id: str, content: str, *, reason: str | None = None, thread: str | None = None
+    ) -> Message:
+        """Replace one message's text (same id and seq), e.g. a mistyped policy number; facts
+        learned from the old text alone are dropped and the message is learned again. Raises
+        :class:`~amber.errors.NotFound` if that session has no such message."""
+        store = await self.store()
+        self._last_block = None
+        return await store.correct_message(self._session(thread), message_id, content, reason=reason)
+
+    def _session(self, thread: str | None) -> SessionKey:
+        return self._key if thread is None else SessionKey(self._key.tenant, self._key.user, thread)
 
     async def clear(self) -> None:
         """Delete every fact of this user, current and superseded, one audited deletion each.
