@@ -263,6 +263,33 @@ def test_facts_supersede_history_delete_and_recall(a) -> None:
     err(a.post("/v1/users/u-fact/recall", json={"query": ""}), 422)
 
 
+def test_one_message_is_deleted_or_corrected_singly(a) -> None:
+    sess = S.format(user="u-edit", thread="claim")
+    stored = a.post(sess + "/messages", json={"messages": [
+        {"role": "user", "content": "my policy is P-1111"}, {"role": "assistant", "content": "noted"},
+        {"role": "user", "content": "my card is 4111 1111 1111 1111"}]}).json()["messages"]
+    first, second, third = (m["id"] for m in stored)
+    fixed = a.patch(f"{sess}/messages/{first}", json={"content": "my policy is P-2222", "reason": "typo"})
+    assert fixed.status_code == 200, fixed.text
+    body = fixed.json()
+    assert (body["id"], body["seq"], body["content"]) == (first, 1, "my policy is P-2222")
+    assert body["metadata"]["correction_reason"] == "typo" and body["metadata"]["corrected_at"]
+    assert a.delete(f"{sess}/messages/{third}").status_code == 204
+    err(a.delete(f"{sess}/messages/{third}"), 404, "not_found")
+    err(a.patch(f"{sess}/messages/{third}", json={"content": "x"}), 404, "not_found")
+    err(a.patch(f"{sess}/messages/{first}", json={"content": "x", "extra": 1}), 422)
+    items = a.get(sess + "/messages").json()["items"]
+    assert [(m["seq"], m["content"]) for m in items] == [(1, "my policy is P-2222"), (2, "noted")]
+    assert a.get(sess).json()["last_seq"] == 3  # never reused
+    hits = a.post("/v1/users/u-edit/recall", json={"query": "policy P-1111 card"}).json()["items"]
+    assert not any("P-1111" in h["text"] or "4111" in h["text"] for h in hits)
+    audit = a.get("/v1/audit", params={"user": "u-edit"}).json()["items"]
+    ops = {e["operation"]: e for e in audit}
+    assert ops["message.correct"]["record_ids"] == [first] and ops["message.delete"]["record_ids"] == [third]
+    assert "P-2222" not in json.dumps(audit) and "typo" not in json.dumps(audit)
+    assert second  # untouched
+
+
 # -- forget, export, import, audit ------------------------------------------------------------------------
 
 def test_forget_export_import_round_trip_over_http(a, server) -> None:
@@ -317,6 +344,8 @@ def test_cross_tenant_matrix(a, b) -> None:
         ("GET", "/v1/export?user=u-secret", None), ("GET", "/v1/export?user=u-secret&thread=claim-9", None),
         ("DELETE", f"/v1/users/u-secret/facts/{fact['id']}", None), ("DELETE", sess, None),
         ("DELETE", "/v1/users/u-secret", None),
+        ("DELETE", sess + f"/messages/{msg['messages'][0]['id']}", None),
+        ("PATCH", sess + f"/messages/{msg['messages'][0]['id']}", {"content": "hijacked"}),
         ("POST", "/v1/users/u-secret/facts", {"attribute": "policy", "value": "X", "text": "X",
                                                "supersedes": [fact["id"]]}),
     ]

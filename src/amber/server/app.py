@@ -542,6 +542,24 @@ def _tenant_router() -> APIRouter:
         response.headers["ETag"] = _etag(blob.version)
         return m.StateOut(name=blob.name, version=blob.version, data=dict(blob.data), updated_at=blob.updated_at)
 
+    @r.delete(_SESSION + "/messages/{message_id}", status_code=204, response_class=Response,
+              summary="Delete one message (other seqs unchanged; facts learned from it alone go too); audited")
+    async def delete_message(request: Request, user: str, thread: str, message_id: str,
+                             key: ApiKey = Depends(tenant_key)) -> Response:
+        session = _key(key, user, thread, request, "message.delete")
+        # The session key carries the caller's tenant: another tenant's ids are simply not found.
+        if not await _store(request).delete_message(session, message_id):
+            raise NotFound(f"no message {message_id} in session {user}/{thread}")
+        return Response(status_code=204)
+
+    @r.patch(_SESSION + "/messages/{message_id}", response_model=m.MessageOut,
+             summary="Correct one message's content (same id and seq; learned again); audited")
+    async def correct_message(request: Request, user: str, thread: str, message_id: str,
+                              body: m.MessageCorrectionIn, key: ApiKey = Depends(tenant_key)) -> m.MessageOut:
+        session = _key(key, user, thread, request, "message.correct")
+        fixed = await _store(request).correct_message(session, message_id, body.content, reason=body.reason)
+        return _message_out(fixed)
+
     @r.put(_SESSION + "/state/{name}", response_model=m.StateOut,
            summary="Write a state blob: If-Match: \"n\" for compare-and-set, If-None-Match: * to create only",
            responses={412: {"model": m.ErrorEnvelope, "description": "The version is not the one expected"}})

@@ -95,6 +95,12 @@ class MessageOut(_Model):
     content_hash: str
 
 
+class MessageCorrectionIn(_Model):
+    content: str = Field(json_schema_extra=_NO_NUL, description="The corrected text; id and seq stay.")
+    reason: Optional[str] = Field(None, max_length=1000, json_schema_extra=_NO_NUL,
+                                  description="Kept in the message metadata as correction_reason.")
+
+
 class MessagePage(_Model):
     items: list[MessageOut]
     next_after_seq: Optional[int] = Field(description="Pass as after_seq for the next page; null at the end.")
