@@ -211,6 +211,13 @@ export interface MemoryBlockOut {
   "hit_ids": Array<string>;
 }
 
+export interface MessageCorrectionIn {
+  /** The corrected text; id and seq stay. */
+  "content": string;
+  /** Kept in the message metadata as correction_reason. */
+  "reason"?: string | null;
+}
+
 export interface MessageIn {
   "role": "system" | "user" | "assistant" | "tool" | "event";
   "content": string;

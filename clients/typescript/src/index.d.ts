@@ -29,6 +29,8 @@ export declare class AmberSession {
   since(afterSeq?: number, options?: { pageSize?: number }): Promise<MessageOut[]>;
   info(): Promise<SessionOut>;
   forget(): Promise<ReceiptOut>;
+  correctMessage(id: string, content: string, options?: { reason?: string }): Promise<MessageOut>;
+  deleteMessage(id: string): Promise<void>;
   getState(name: string): Promise<StateWithEtag | null>;
   putState(name: string, data: Record<string, unknown>, options?: { ifMatch?: string; ifNoneMatch?: "*" }): Promise<StateWithEtag>;
 }

@@ -124,6 +124,14 @@ export class AmberSession {
   info() { return this.client.request("GET", this.path, { retry: true }); }
   forget() { return this.client.request("DELETE", this.path); }
 
+  /** Replace one message's content (same id and seq); the server records corrected_at and the reason. */
+  correctMessage(id, content, { reason } = {}) {
+    return this.client.request("PATCH", `${this.path}/messages/${enc(id)}`, { body: { content, reason } });
+  }
+
+  /** Delete one message; the others keep their seqs. A 404 AmberError if the session has no such message. */
+  deleteMessage(id) { return this.client.request("DELETE", `${this.path}/messages/${enc(id)}`); }
+
   /** Read a state blob: {name, version, data, updated_at, etag}, or null. */
   async getState(name) {
     try {

@@ -106,6 +106,20 @@ test("facts, recall, export, forget and import", async () => {
   assert.ok((await a.audit({ user: "customer-42" })).items.some((e) => e.operation === "user.delete"));
 });
 
+test("one message is corrected or deleted singly; another tenant gets 404", async () => {
+  const s = a.session("customer-9", "edits");
+  const { messages } = await s.append([{ role: "user", content: "policy P-1" }, { role: "user", content: "oops" }]);
+  const fixed = await s.correctMessage(messages[0].id, "policy P-2", { reason: "typo" });
+  assert.equal(fixed.id, messages[0].id);
+  assert.equal(fixed.seq, 1);
+  assert.equal(fixed.metadata.correction_reason, "typo");
+  await assert.rejects(b.session("customer-9", "edits").deleteMessage(messages[1].id), (e) => e.status === 404);
+  await assert.rejects(b.session("customer-9", "edits").correctMessage(messages[1].id, "x"), (e) => e.status === 404);
+  assert.equal(await s.deleteMessage(messages[1].id), undefined);
+  await assert.rejects(s.deleteMessage(messages[1].id), (e) => e instanceof AmberError && e.code === "not_found");
+  assert.deepEqual((await s.since()).map((m) => [m.seq, m.content]), [[1, "policy P-2"]]);
+});
+
 test("another tenant's key sees nothing and its writes land in its own tenant", async () => {
   const s = b.session("customer-42", "claim-7788");
   assert.deepEqual(await s.window(), []);
