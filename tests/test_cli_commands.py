@@ -120,6 +120,16 @@ def test_forget_session_asks_and_prints_receipt(url: str) -> None:
     assert run(url, "forget").exit_code == 2  # neither --session nor --user: usage error
 
 
+def test_forget_one_message_keeps_the_others(url: str) -> None:
+    msgs = seed(url)
+    r = run(url, "forget", "--session", "u-42/claim-7788", "--message", msgs[0].id, "--yes")
+    assert r.exit_code == 0 and f"message.delete acme/u-42/claim-7788: {msgs[0].id}" in r.output
+    left = json.loads(run(url, "--json", "history", "u-42/claim-7788").output)
+    assert [m["id"] for m in left] == [msgs[1].id]
+    assert run(url, "forget", "--session", "u-42/claim-7788", "--message", msgs[0].id, "--yes").exit_code == 1
+    assert run(url, "forget", "--user", "u-42", "--message", msgs[1].id, "--yes").exit_code == 2
+
+
 def test_bad_input_gets_a_clean_error(url: str, tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "header", "format": "amber.export/1"}\n{"type": "message"}\n')

@@ -118,17 +118,34 @@ def import_(ctx: Context, source: str, exact: bool) -> None:
 @click.command()
 @click.option("--session", "session", default=None, help="Delete one session: user/thread.")
 @click.option("--user", default=None, help="Delete everything this user owns in the tenant.")
+@click.option("--message", "message_id", default=None,
+              help="With --session: delete only this message (the others keep their seqs).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
-def forget(ctx: Context, session: str | None, user: str | None, yes: bool) -> None:
-    """Delete a session or everything a user owns (audited); prints the receipt."""
+def forget(ctx: Context, session: str | None, user: str | None, message_id: str | None, yes: bool) -> None:
+    """Delete a session, one message of it, or everything a user owns (audited); prints the receipt."""
     if (session is None) == (user is None):
         raise click.UsageError("give exactly one of --session user/thread or --user USER")
+    if message_id is not None and session is None:
+        raise click.UsageError("--message needs --session user/thread")
     what = f"session {session}" if session else f"user {user} (all sessions, state and facts)"
+    if message_id is not None:
+        what = f"message {message_id} of session {session}"
     if not yes and not ctx.json:
         click.confirm(f"Permanently delete {what} in tenant {ctx.tenant!r}?", abort=True)
     elif not yes:
         raise click.UsageError("--json needs --yes for forget (no prompt in scripts)")
+
+    if message_id is not None:
+        async def one() -> dict[str, Any]:
+            async with await ctx.open() as store:
+                key = session_key(ctx, session)  # type: ignore[arg-type]
+                if not await store.delete_message(key, message_id):
+                    raise click.ClickException(f"no message {message_id} in session {session}")
+                return {"operation": "message.delete", "session": str(key), "message_id": message_id}
+
+        emit(ctx, run_async(one()), lambda d: click.echo(f"{d['operation']} {d['session']}: {d['message_id']}"))
+        return
 
     async def run() -> dict[str, Any]:
         async with await ctx.open() as store:
