@@ -15,7 +15,7 @@ import pytest
 import amber
 from amber import NewFact, NewMessage, SessionKey
 from amber.errors import Conflict, InvalidInput
-from amber.transfer import NOT_PRESERVED, export_jsonl, import_jsonl
+from amber.transfer import NOT_PRESERVED, export_jsonl, import_jsonl, restore_jsonl
 
 from conftest import POSTGRES_URL, REDIS_URL, unreachable
 
@@ -148,6 +148,22 @@ async def test_export_forget_import_reproduces_the_export_byte_for_byte(store: a
     second = await import_jsonl(store, tenant, before)
     assert second.counts.get("messages", 0) == 0 and second.counts.get("facts", 0) == 0
     assert second.counts["messages_existing"] == 5
+
+
+async def test_restore_of_an_older_backup_never_brings_back_a_message_deleted_since(store: amber.Store) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await seed(store, tenant)
+    backup = [line async for line in export_jsonl(store, tenant)]
+    alice = SessionKey(tenant, "alice", "claim-7788")
+    doomed, *kept = await store.read_since(alice)
+    facts_before = {f.id for f in await store.list_facts(tenant, "alice", include_superseded=True)}
+    assert await store.delete_message(alice, doomed.id)
+    facts_after = {f.id for f in await store.list_facts(tenant, "alice", include_superseded=True)}
+    assert facts_after < facts_before  # facts learned from that message alone went with it
+    report = await restore_jsonl(store, tenant, backup)
+    assert report.counts["withheld_erased"] == 1 + len(facts_before - facts_after)
+    assert [m.id for m in await store.read_since(alice)] == [m.id for m in kept]  # still deleted, none doubled
+    assert {f.id for f in await store.list_facts(tenant, "alice", include_superseded=True)} == facts_after
 
 
 async def test_exact_import_refuses_a_target_that_holds_data_and_writes_nothing(store: amber.Store) -> None:

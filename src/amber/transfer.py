@@ -520,8 +520,8 @@ async def restore_jsonl(
     store: Store, tenant: str, lines: Iterable[str | bytes] | AsyncIterable[str | bytes]
 ) -> ImportReport:
     """Import a backup (an export) but never bring back what was erased after the backup was taken:
-    users, sessions and facts whose deletion the audit trail records after the export's ``exported_at``
-    are left out, and the report says how many records were withheld."""
+    users, sessions, single messages and facts whose deletion the audit trail records after the
+    export's ``exported_at`` are left out, and the report says how many records were withheld."""
     if hasattr(lines, "__aiter__"):
         lines = [line async for line in lines]  # type: ignore[union-attr]
     lines = [line.decode("utf-8") if isinstance(line, bytes) else line for line in lines]  # type: ignore[union-attr]
@@ -534,6 +534,7 @@ async def restore_jsonl(
     users: set[str] = set()
     sessions: set[tuple[str, str | None]] = set()
     facts: set[str] = set()
+    messages: set[str] = set()
     after = 0
     while True:
         events = await store.list_audit(tenant, limit=1000, after_id=after)
@@ -546,6 +547,8 @@ async def restore_jsonl(
                 sessions.add((e.user, e.thread))
             elif e.operation == "fact.delete":
                 facts.update(e.record_ids)
+            elif e.operation == "message.delete":
+                messages.update(e.record_ids)
         if len(events) < 1000:
             break
         after = events[-1].id
@@ -558,6 +561,7 @@ async def restore_jsonl(
         if isinstance(rec, dict) and rec.get("type") in ("session", "message", "state", "fact"):
             user, thread = rec.get("user"), rec.get("thread")
             erased = user in users or (rec["type"] == "fact" and rec.get("id") in facts) or (
+                rec["type"] == "message" and rec.get("id") in messages) or (
                 rec["type"] != "fact" and (user, thread) in sessions)
             if erased:
                 withheld += 1
