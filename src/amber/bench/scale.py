@@ -91,7 +91,8 @@ async def _embedded_vectors(embedder: Any, texts: Sequence[str], cache: Path) ->
 
 # Which recall stage each store call belongs to (search_text: the first call of a query is the
 # lexical search, later ones are the multi-hop bridge lookup).
-_STAGE_OF = {"search_text": "lexical", "search_vectors": "vector", "get_fact": "facts", "list_facts": "facts",
+_STAGE_OF = {"search_text": "lexical", "search_vectors": "vector", "superseded_sources": "facts",
+             "get_fact": "facts", "list_facts": "facts",
              "read_since": "neighbours", "read_around": "neighbours"}
 _STAGES = ("embed", "lexical", "vector", "facts", "bridge", "neighbours", "rank", "audit")
 

@@ -322,21 +322,7 @@ class Recall:
         """Ids of turns whose facts were superseded by a newer value (and back no current fact)."""
         if not fact_hits:
             return set()
-        attributes: set[str] = set()
-        for hit in fact_hits:
-            fact = await self.store.get_fact(tenant, user, hit.id)
-            if fact is not None:
-                attributes.add(fact.attribute)
-        stale: set[str] = set()
-        for attribute in attributes:
-            history = await self.store.list_facts(tenant, user, attribute=attribute, include_superseded=True,
-                                                  limit=200)
-            current_sources = {m for f in history if f.current for m in f.source_message_ids}
-            current_values = {f.value.casefold() for f in history if f.current}
-            for f in history:
-                if not f.current and f.value.casefold() not in current_values:
-                    stale.update(m for m in f.source_message_ids if m not in current_sources)
-        return stale
+        return await self.store.superseded_sources(tenant, user, [h.id for h in fact_hits])
 
     async def _bridge(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str],
                       kinds: Sequence[str], limit: int, keep: Any) -> list[Hit]:

@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, InvalidInput, MessageTooLarge
 from ..keys import SessionKey, validate_part
@@ -77,6 +77,9 @@ __all__ = [
     "prepare_correction",
     "corrected_metadata",
     "CORRECTION_KEYS",
+    "stale_sources",
+    "validate_fact_ids",
+    "SUPERSEDED_HISTORY",
 ]
 
 MessageKind = str  # "message" | "fact"
@@ -493,6 +496,33 @@ def select_window(tokens_newest_first: Sequence[int], last: int | None, max_toke
     return count
 
 
+# Facts of one attribute that recall's staleness check looks at (the newest ones).
+SUPERSEDED_HISTORY = 200
+
+
+def validate_fact_ids(fact_ids: Sequence[str]) -> list[str]:
+    """The ids, each once, in order; InvalidInput unless every one is a string."""
+    if isinstance(fact_ids, str) or any(not isinstance(i, str) for i in fact_ids):
+        raise InvalidInput("fact_ids must be a sequence of strings")
+    return list(dict.fromkeys(fact_ids))
+
+
+def stale_sources(rows: Iterable[tuple[str, str, Sequence[str], bool]]) -> set[str]:
+    """The staleness rule of :meth:`Store.superseded_sources` over ``(attribute, value,
+    source_message_ids, current)`` rows of the attributes' histories."""
+    by_attribute: dict[str, list[tuple[str, Sequence[str], bool]]] = {}
+    for attribute, value, sources, current in rows:
+        by_attribute.setdefault(attribute, []).append((value, sources, current))
+    stale: set[str] = set()
+    for history in by_attribute.values():
+        current_sources = {m for _, sources, current in history if current for m in sources}
+        current_values = {value.casefold() for value, _, current in history if current}
+        for value, sources, current in history:
+            if not current and value.casefold() not in current_values:
+                stale.update(m for m in sources if m not in current_sources)
+    return stale
+
+
 class Store(ABC):
     """The async storage contract. Open one with :func:`amber.open_store`; use it as an async
     context manager or call :meth:`close`. Methods are safe to call from many tasks at once."""
@@ -661,6 +691,32 @@ class Store(ABC):
 
     @abstractmethod
     async def get_fact(self, tenant: str, user: str, fact_id: str) -> Fact | None: ...
+
+    async def superseded_sources(
+        self, tenant: str, user: str, fact_ids: Sequence[str], *, history: int = SUPERSEDED_HISTORY
+    ) -> set[str]:
+        """Ids of turns that back only outdated values of the given facts' attributes: within the
+        newest ``history`` facts of each such attribute, the sources of superseded facts whose value
+        (case-folded) no current fact of it holds, minus the sources of its current facts. Recall
+        demotes these turns. Unknown ids are ignored.
+
+        This default reads through ``get_fact`` and ``list_facts`` (so layers that transform values,
+        such as encryption, see plain values); SQL backends answer in one query.
+        """
+        validate_part("tenant", tenant)
+        validate_part("user", user)
+        validate_limit(history, "history", allow_none=False)
+        attributes: set[str] = set()
+        for fact_id in validate_fact_ids(fact_ids):
+            fact = await self.get_fact(tenant, user, fact_id)
+            if fact is not None:
+                attributes.add(fact.attribute)
+        rows: list[tuple[str, str, Sequence[str], bool]] = []
+        for attribute in sorted(attributes):
+            history_facts = await self.list_facts(tenant, user, attribute=attribute, include_superseded=True,
+                                                  limit=history)
+            rows.extend((f.attribute, f.value, f.source_message_ids, f.current) for f in history_facts)
+        return stale_sources(rows)
 
     @abstractmethod
     async def delete_fact(self, tenant: str, user: str, fact_id: str) -> bool: ...

@@ -69,6 +69,7 @@ from ..records import (
 from . import postgres_schema as schema_mod
 from ..governance.audit import AuditedReads
 from .base import (
+    SUPERSEDED_HISTORY,
     Capability,
     PreparedMessage,
     Store,
@@ -82,6 +83,8 @@ from .base import (
     prepare_message,
     prepare_restore,
     prepare_restored_facts,
+    stale_sources,
+    validate_fact_ids,
     restore_conflict,
     select_window,
     validate_limit,
@@ -1318,6 +1321,30 @@ class PostgresStore(AuditedReads, Store):
         found = self._fact(rows[0]) if rows else None
         self._read_facts(tenant, user, [found] if found else [])
         return found
+
+    async def superseded_sources(
+        self, tenant: str, user: str, fact_ids: Sequence[str], *, history: int = SUPERSEDED_HISTORY
+    ) -> set[str]:
+        validate_part("tenant", tenant)
+        validate_part("user", user)
+        validate_limit(history, "history", allow_none=False)
+        ids = validate_fact_ids(fact_ids)
+        if not ids or history == 0:
+            return set()
+        # One round trip. Only attributes with a superseded fact can make a turn stale, so the
+        # history of an attribute that never changed (the common case) is not read at all.
+        rows = await self._fetchall(
+            "WITH attrs AS (SELECT DISTINCT attribute FROM {s}.facts"
+            " WHERE tenant_id = %s AND user_id = %s AND id = ANY(%s)),"
+            " changed AS (SELECT a.attribute FROM attrs a WHERE EXISTS (SELECT 1 FROM {s}.facts f"
+            " WHERE f.tenant_id = %s AND f.user_id = %s AND f.attribute = a.attribute AND f.valid_to IS NOT NULL))"
+            " SELECT c.attribute, h.value, h.source_message_ids, h.valid_to IS NULL FROM changed c"
+            " CROSS JOIN LATERAL (SELECT value, source_message_ids, valid_to FROM {s}.facts f"
+            " WHERE f.tenant_id = %s AND f.user_id = %s AND f.attribute = c.attribute"
+            " ORDER BY created_at DESC, id DESC LIMIT %s) h",
+            (tenant, user, ids, tenant, user, tenant, user, history),
+        )
+        return stale_sources((a, v, tuple(src or ()), bool(cur)) for a, v, src, cur in rows)
 
     async def delete_fact(self, tenant: str, user: str, fact_id: str) -> bool:
         validate_part("tenant", tenant)

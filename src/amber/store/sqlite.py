@@ -65,6 +65,7 @@ from ..records import (
 )
 from ..governance.audit import AuditedReads
 from .base import (
+    SUPERSEDED_HISTORY,
     Capability,
     PreparedMessage,
     Store,
@@ -78,6 +79,8 @@ from .base import (
     prepare_message,
     prepare_restore,
     prepare_restored_facts,
+    stale_sources,
+    validate_fact_ids,
     restore_conflict,
     validate_limit,
     validate_state_name,
@@ -1259,6 +1262,37 @@ class SQLiteStore(AuditedReads, Store):
         self._read_facts(tenant, user, [found] if found else [])
         return found
 
+    async def superseded_sources(
+        self, tenant: str, user: str, fact_ids: Sequence[str], *, history: int = SUPERSEDED_HISTORY
+    ) -> set[str]:
+        validate_part("tenant", tenant)
+        validate_part("user", user)
+        validate_limit(history, "history", allow_none=False)
+        ids = validate_fact_ids(fact_ids)
+        if not ids or history == 0:
+            return set()
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            attributes: set[str] = set()
+            for chunk in _chunks(ids, 500):
+                attributes.update(a for (a,) in conn.execute(
+                    f"SELECT attribute FROM facts WHERE id IN ({','.join('?' * len(chunk))})"
+                    " AND +tenant_id = ? AND +user_id = ?", (*chunk, tenant, user)))
+            rows: list[tuple[str, str, list[str], bool]] = []
+            for attribute in sorted(attributes):
+                # Only an attribute with a superseded fact can make a turn stale: one index probe
+                # skips the history of every attribute that never changed (the common case).
+                if conn.execute("SELECT 1 FROM facts WHERE tenant_id = ? AND user_id = ? AND attribute = ?"
+                                " AND valid_to IS NOT NULL LIMIT 1", (tenant, user, attribute)).fetchone() is None:
+                    continue
+                rows.extend((attribute, value, json.loads(sources), valid_to is None) for value, sources, valid_to in
+                            conn.execute("SELECT value, source_ids, valid_to FROM facts WHERE tenant_id = ?"
+                                         " AND user_id = ? AND attribute = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                                         (tenant, user, attribute, history)))
+            return stale_sources(rows)
+
+        return await self._read(query)
+
     async def delete_fact(self, tenant: str, user: str, fact_id: str) -> bool:
         actor = current_actor()
 
@@ -1538,7 +1572,10 @@ class SQLiteStore(AuditedReads, Store):
                 raise InvalidInput(f"query has {q.size} dimensions; model {model!r} stores {index.dim}")
             hits: list[tuple[float, int, Hit]] = []
             checked: set[int] = set()
-            take = min(total, max(limit * 4, 64))
+            # A little over the limit: most candidates are live, and a short list keeps the graph
+            # search cheap (measured at 90,000 clustered vectors: recall@50 0.9998 asking 66 vs 1.0
+            # asking 200, at 1.4 vs 11.9 ms); the loop below widens when too many were dead.
+            take = min(total, limit + max(16, limit // 4))
             while True:
                 # Exact cosine scores, best first (ties: older first). A wider second round may
                 # surface candidates the approximate first round missed, so track rows, not a prefix.

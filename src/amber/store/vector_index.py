@@ -50,6 +50,14 @@ def _numpy() -> Any:
     return numpy
 
 
+def _dot(matrix: Any, q: Any) -> Any:
+    """``matrix @ q`` on this thread. A matrix-vector product goes to BLAS, which splits it over
+    its own thread pool; on a busy machine waking those threads costs more than the product
+    (measured on 2 loaded cores: 10,000 x 384 took 0.3 ms at p50 but 8-9 ms at p95 with BLAS
+    threads, 0.4 / 0.7 ms with einsum's single-threaded loop)."""
+    return _numpy().einsum("ij,j->i", matrix, q)
+
+
 def _usearch() -> Any:
     try:
         from usearch.index import Index
@@ -291,9 +299,9 @@ class VectorIndex:
                 keys = keys[keys < n]
                 cand = np.concatenate([keys, np.arange(ann_n, n, dtype=np.int64)])
                 cand = cand[live[cand]]
-                scores = buf[cand] @ q
+                scores = _dot(buf[cand], q)
             else:
-                scores = buf[:n] @ q
+                scores = _dot(buf[:n], q)
                 scores[~live[:n]] = -np.inf
                 cand = np.arange(n, dtype=np.int64)
             if len(cand) > k:
