@@ -69,6 +69,17 @@ async def test_sql_answers_equal_the_reference(store: amber.Store) -> None:
     assert await store.superseded_sources(tenant, "nobody", ids) == set()
 
 
+async def test_not_an_audited_read(store: amber.Store) -> None:
+    tenant, user = f"t-{uuid.uuid4().hex[:8]}", "alice"
+    ids = await _history(store, tenant, user)
+    await store.chain_audit(tenant)
+    before = len(await store.list_audit(tenant, limit=10_000))
+    assert await store.superseded_sources(tenant, user, ids)
+    await Store.superseded_sources(store, tenant, user, ids)  # the default path, too
+    await store.chain_audit(tenant)
+    assert len(await store.list_audit(tenant, limit=10_000)) == before  # only ids of turns: no content read
+
+
 async def test_bad_input_is_refused(store: amber.Store) -> None:
     with pytest.raises(InvalidInput):
         await store.superseded_sources("t", "u", "fact-id")  # a string, not a sequence of ids

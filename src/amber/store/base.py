@@ -700,22 +700,27 @@ class Store(ABC):
         (case-folded) no current fact of it holds, minus the sources of its current facts. Recall
         demotes these turns. Unknown ids are ignored.
 
-        This default reads through ``get_fact`` and ``list_facts`` (so layers that transform values,
-        such as encryption, see plain values); SQL backends answer in one query.
+        Not an audited read: it returns ids of turns only, no content. This default reads through
+        ``get_fact`` and ``list_facts`` (so layers that transform values, such as encryption, see
+        plain values) with read auditing suspended; SQL backends answer in one query.
         """
+        from ..governance.audit import reads_not_audited  # governance imports this module
+
         validate_part("tenant", tenant)
         validate_part("user", user)
         validate_limit(history, "history", allow_none=False)
-        attributes: set[str] = set()
-        for fact_id in validate_fact_ids(fact_ids):
-            fact = await self.get_fact(tenant, user, fact_id)
-            if fact is not None:
-                attributes.add(fact.attribute)
+        ids = validate_fact_ids(fact_ids)
         rows: list[tuple[str, str, Sequence[str], bool]] = []
-        for attribute in sorted(attributes):
-            history_facts = await self.list_facts(tenant, user, attribute=attribute, include_superseded=True,
-                                                  limit=history)
-            rows.extend((f.attribute, f.value, f.source_message_ids, f.current) for f in history_facts)
+        with reads_not_audited():
+            attributes: set[str] = set()
+            for fact_id in ids:
+                fact = await self.get_fact(tenant, user, fact_id)
+                if fact is not None:
+                    attributes.add(fact.attribute)
+            for attribute in sorted(attributes):
+                history_facts = await self.list_facts(tenant, user, attribute=attribute, include_superseded=True,
+                                                      limit=history)
+                rows.extend((f.attribute, f.value, f.source_message_ids, f.current) for f in history_facts)
         return stale_sources(rows)
 
     @abstractmethod
