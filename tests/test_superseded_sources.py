@@ -87,3 +87,30 @@ async def test_bad_input_is_refused(store: amber.Store) -> None:
         await store.superseded_sources("t", "u", ["x"], history=-1)
     with pytest.raises(InvalidInput):
         await store.superseded_sources("t", "bad/user", ["x"])
+
+
+async def test_postgres_analyze_refreshes_the_planner_statistics() -> None:
+    import psycopg
+
+    schema = f"amber_analyze_{uuid.uuid4().hex[:8]}"  # fresh: its tables were never analyzed
+    try:
+        store = await amber.open_store(f"{POSTGRES_URL}?schema={schema}")
+    except StoreUnavailable as exc:
+        unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
+
+    def row_estimates() -> dict[str, float]:
+        with psycopg.connect(POSTGRES_URL) as conn:
+            return dict(conn.execute("SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_namespace n"
+                                     " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                                     (schema,)).fetchall())
+
+    try:
+        await _history(store, "t", "alice")
+        assert row_estimates()["facts"] < 0  # never analyzed: the planner guesses
+        await store.analyze()
+        after = row_estimates()
+        assert after["facts"] == 89 and after["messages"] == 60  # 90 facts, one deleted
+    finally:
+        await store.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -303,6 +303,13 @@ async def run_scale_bench(
         if ui == 0 or (ui + 1) % max(1, users // 10) == 0:
             say(f"loaded {row}/{total} memories ({ui + 1}/{users} users, {time.perf_counter() - start:.0f}s)")
     load_s = time.perf_counter() - start
+    layer: Any = store
+    while layer is not None and not hasattr(layer, "analyze"):
+        layer = getattr(layer, "inner", None)  # below encryption/redaction/cache layers
+    analyzed = layer is not None
+    if analyzed:  # PostgreSQL: the statistics autovacuum would gather after a bulk load (it may be off)
+        say("refreshing the planner's statistics (ANALYZE)")
+        await layer.analyze()
 
     # Queries: real question wordings, a random user each, recall over turns and facts (hybrid).
     retriever, retriever_name = _make_retriever(store, embedder)
@@ -372,7 +379,8 @@ async def run_scale_bench(
         "per_user": {"messages": n_msgs_per_user, "facts": n_facts_per_user},
         "vectors": vector_note,
         "audit_trail": audit_on,
-        "load": {"seconds": round(load_s, 1), "memories_per_s": round(total / load_s, 1) if load_s else None},
+        "load": {"seconds": round(load_s, 1), "memories_per_s": round(total / load_s, 1) if load_s else None,
+                 "analyzed": analyzed},
         "vector_index_build_wait_s": index_wait_s,
         "vector_index": index_stats,
         "queries": queries,
