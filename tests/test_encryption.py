@@ -278,6 +278,30 @@ async def test_missing_key_or_master_never_falls_back_to_plaintext(tmp_path) -> 
         await store.close()
 
 
+async def test_facts_by_attribute_of_a_tenant_without_a_key_yet_are_empty_not_an_error(tmp_path) -> None:
+    # Found by the model-based conformance clause: before a tenant's first write there is no key to
+    # blind the attribute with, and listing raised KeyUnavailable where every store returns [].
+    db = str(tmp_path / "amber.db")
+    store = await amber.open_store(f"sqlite:///{db}", encryption=_config(tmp_path))
+    try:
+        assert await store.list_facts("fresh", "u", attribute="email") == []
+        await store.record_fact("fresh", "u", NewFact("email", "alpha", "email alpha"))
+        assert [f.value for f in await store.list_facts("fresh", "u", attribute="email")] == ["alpha"]
+        assert await store.list_facts("fresh", "u", attribute="phone") == []
+    finally:
+        await store.close()
+    # The keyring is lost: facts exist, so the listing must refuse rather than answer "none".
+    lost = EncryptionConfig(provider=LocalKeyProvider([os.urandom(32)]), keyring=FileKeyRing(tmp_path / "other.json"),
+                            auto_create=False)
+    store = await amber.open_store(f"sqlite:///{db}", encryption=lost)
+    try:
+        with pytest.raises(KeyUnavailable):
+            await store.list_facts("fresh", "u", attribute="email")
+        assert await store.list_facts("fresh", "nobody", attribute="email") == []
+    finally:
+        await store.close()
+
+
 async def test_vectors_are_off_for_encrypted_tenants_unless_opted_in(tmp_path) -> None:
     master = os.urandom(32)
     store = await amber.open_store(f"sqlite:///{tmp_path / 'a.db'}",

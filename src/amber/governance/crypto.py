@@ -470,7 +470,13 @@ class EncryptedStore(DelegatingStore):
             return await self._inner.list_facts(tenant, user, attribute=attribute,
                                                 include_superseded=include_superseded, limit=limit)
         c: _Cipher | None = None
-        if attribute is not None or await self.keys.has_keys(tenant):
+        if await self.keys.has_keys(tenant):
+            c = await self._cipher(tenant, write=False)
+        elif attribute is not None:
+            # No key to blind the attribute with: a user without facts has none of it either (as for
+            # a tenant that never wrote); any fact there needs the key, which raises why it is missing.
+            if not await self._inner.list_facts(tenant, user, include_superseded=True, limit=1):
+                return []
             c = await self._cipher(tenant, write=False)
         if attribute is not None:
             assert c is not None
