@@ -208,6 +208,8 @@ class MemoryStore(AuditedReads, Store):
         if len(messages) > self.limits.max_batch:
             raise InvalidInput(f"at most {self.limits.max_batch} messages per append")
         prepared = [prepare_message(m, self.limits) for m in messages]
+        if not prepared:
+            return []  # an empty append creates no session (as in every durable backend)
         d = self._d
         out: list[Message] = []
         with d.lock:
@@ -583,7 +585,6 @@ class MemoryStore(AuditedReads, Store):
         )
         d = self._d
         with d.lock:
-            self._refuse_erased_sources(tenant, user, fact, supersedes)
             old = []
             for fid in supersedes:
                 f = d.facts.get(fid)
@@ -592,6 +593,8 @@ class MemoryStore(AuditedReads, Store):
                 if f.valid_to is not None:
                     raise VersionConflict(f"fact {fid} is already superseded", expected=None, actual=None)
                 old.append(f)
+            # After the supersedes checks, as in SQLite and PostgreSQL: the same call, the same error.
+            self._refuse_erased_sources(tenant, user, fact, supersedes)
             for f in old:
                 d.facts[f.id] = replace(f, valid_to=max(valid_from, f.valid_from), superseded_by=new.id)
             d.facts[new.id] = new

@@ -12,6 +12,11 @@ check what another process or a reopened store sees)::
             async def open_():
                 return await amber.open_store(f"mine://{tmp_path}")
             return open_
+
+The suite needs the ``test`` extra (pytest, pytest-asyncio, hypothesis). Its model-based clause runs
+random operation sequences against the backend and the in-memory reference store; a slow backend can
+shrink its budget with ``model_based_settings = settings(MODEL_BASED_SETTINGS, max_examples=10)``
+(from :mod:`amber.testing.model_based`).
 """
 
 from .conformance import StoreConformance

@@ -13,10 +13,11 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from ..errors import AmberError, InvalidInput, InvalidSessionKey, MessageTooLarge, VersionConflict
+from ..errors import AmberError, InvalidInput, InvalidSessionKey, MessageTooLarge, NotFound, VersionConflict
 from ..keys import SessionKey
 from ..records import NewFact, NewMessage, VectorItem
 from ..store.base import Store
+from .model_based import MODEL_BASED_SETTINGS, run_model_based
 
 OpenHandle = Callable[[], Awaitable[Store]]
 
@@ -42,6 +43,9 @@ class StoreConformance:
         finally:
             await s.close()
 
+    # Subclasses may lower this for a slow backend (e.g. ``settings(MODEL_BASED_SETTINGS, max_examples=10)``).
+    model_based_settings = MODEL_BASED_SETTINGS
+
     @pytest.fixture
     def tenant(self) -> str:
         return f"t-{uuid.uuid4().hex[:12]}"
@@ -57,6 +61,12 @@ class StoreConformance:
         more = await store.append_one(key, _msg("m5"))
         assert more.seq == 6
         assert [m.content for m in await store.read_since(key)] == [f"m{i}" for i in range(6)]
+
+    async def test_empty_append_is_a_noop(self, store: Store, key: SessionKey) -> None:
+        # Found by the model-based clause: the reference store created an empty session.
+        assert await store.append(key, []) == []
+        assert await store.get_session(key) is None
+        assert await store.list_sessions(key.tenant) == [] and await store.list_users(key.tenant) == []
 
     async def test_append_returns_only_after_visible_to_another_handle(
         self, store: Store, open_handle: OpenHandle, key: SessionKey
@@ -342,6 +352,20 @@ class StoreConformance:
             await store.record_fact(key.tenant, key.user, NewFact("address", "x", "x"), supersedes=[old.id])
         assert await store.delete_fact(key.tenant, key.user, new.id) is True
         assert await store.delete_fact(key.tenant, key.user, new.id) is False
+
+    async def test_fact_refusal_reports_an_unknown_superseded_fact_before_erased_sources(
+        self, store: Store, tenant: str
+    ) -> None:
+        # Found by the model-based clause: the reference store reported the erased sources first.
+        key = SessionKey(tenant, "u", "t")
+        (m,) = await store.append(key, [_msg("hello")])
+        await store.delete_session(key)
+        erased_source = NewFact("a", "b", "a b", source_message_ids=(m.id,))
+        with pytest.raises(InvalidInput):
+            await store.record_fact(tenant, "u", erased_source, supersedes=["fact_unknown"])
+        with pytest.raises(NotFound):
+            await store.record_fact(tenant, "u", erased_source)
+        assert await store.list_facts(tenant, "u", include_superseded=True) == []
 
     # -- search ------------------------------------------------------------------------------------
     async def test_lexical_scores_in_unit_range_and_ranked(self, store: Store, key: SessionKey) -> None:
@@ -841,3 +865,11 @@ class StoreConformance:
             await store.prune(tenant, before={"messages": datetime(2021, 1, 1)})  # naive
         with pytest.raises(InvalidInput):
             await store.prune(tenant, before={"everything": old_t})
+
+    # -- model-based: random operation sequences agree with the reference store ------------------
+    def test_random_operation_sequences_agree_with_the_reference_store(self, open_handle: OpenHandle) -> None:
+        """Appends (batches, retried idempotency keys, invalid batches), windows, reads since, state
+        compare-and-set, sessions, users, facts and deletions, drawn at random over 2 tenants x 2 users
+        x 2 threads: every result (or error type) must equal the in-memory reference store's.
+        Synchronous on purpose: each Hypothesis example runs its own event loop."""
+        run_model_based(open_handle, self.model_based_settings)
