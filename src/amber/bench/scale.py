@@ -361,11 +361,7 @@ async def run_scale_bench(
                    if hasattr(store, "vector_index_stats") else None)
     describe = dict(await store.describe())
     audit_on = bool(await store.list_audit(tenant, limit=1))
-    if cleanup:
-        say("deleting the benchmark's users")
-        for user in user_ids:
-            await store.delete_user(tenant, user)
-    return {
+    doc: dict[str, Any] = {
         "benchmark": "scale",
         "store": store.url,
         "store_backend": describe.get("backend"),
@@ -394,6 +390,16 @@ async def run_scale_bench(
                                       "note": "read entries of both timed passes, written in the background in batches "
                                               "(off the query path) and hash-chained at the end"}},
     }
+    if cleanup:
+        # After the measurements are taken: a failing cleanup is reported with them, not instead.
+        say("deleting the benchmark's users")
+        try:
+            for user in user_ids:
+                await store.delete_user(tenant, user)
+        except AmberError as exc:
+            doc["cleanup_error"] = exc.message
+            say(f"error: deleting the benchmark's users failed: {exc.message}")
+    return doc
 
 
 class _PrivatePostgres:
@@ -475,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = ", ".join(f"{k} {v['p50']}/{v['p95']}" for k, v in doc["stages_ms"].items() if "p95" in v)
     print(f"stages p50/p95 ms: {stages}")
     print(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-    return 0
+    return 1 if doc.get("cleanup_error") else 0
 
 
 if __name__ == "__main__":
