@@ -256,6 +256,7 @@ class SyncStore:
     list_facts = _Blocking(Store.list_facts)
     get_fact = _Blocking(Store.get_fact)
     delete_fact = _Blocking(Store.delete_fact)
+    superseded_sources = _Blocking(Store.superseded_sources)
     search_text = _Blocking(Store.search_text)
     put_vectors = _Blocking(Store.put_vectors)
     search_vectors = _Blocking(Store.search_vectors)
