@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
@@ -625,17 +626,26 @@ class StoreConformance:
         assert await store.delete_fact(tenant, "u-1", fact.id) is True
         want("fact.delete", [fact.id])
         assert await store.delete_fact(tenant, "u-1", fact.id) is False  # nothing deleted: no entry
+        await store.correct_message(key, m2.id, "thank you")
+        want("message.correct", [m2.id], thread="t-1")
+        assert await store.delete_message(key, m1.id) is True
+        want("message.delete", [m1.id], thread="t-1")
+        assert await store.delete_message(key, m1.id) is False  # nothing deleted: no entry
         # metadata reads are not memory-record reads: no entries
         await store.get_session(key)
         await store.list_sessions(tenant)
         await store.list_users(tenant)
         await store.list_states(key)
         await store.delete_session(key)
-        want("session.delete", [m1.id, m2.id, "state:t-1/agent@1"], thread="t-1")
+        want("session.delete", [m2.id, "state:t-1/agent@1"], thread="t-1")
         (m3,) = await store.append(SessionKey(tenant, "u-2", "t"), [_msg("bye")])
         want("message.append", [m3.id], user="u-2", thread="t")
         await store.delete_user(tenant, "u-2")
         want("user.delete", [m3.id], user="u-2")
+        await store.restore_session(SessionKey(tenant, "u-3", "t"), [replace(m3, key=SessionKey(tenant, "u-3", "t"))])
+        want("session.restore", [m3.id], user="u-3", thread="t")
+        await store.restore_facts(tenant, "u-1", [fact])
+        want("fact.restore", [fact.id])
 
         await self._chained(store, tenant)  # writes this handle's buffered reads
         events = await store.list_audit(tenant, limit=1000)
