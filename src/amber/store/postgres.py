@@ -29,6 +29,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import re
 import struct
@@ -92,6 +93,8 @@ from .base import (
 )
 
 __all__ = ["PostgresStore", "open_postgres", "PGVECTOR_INSTALL_HINT"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -407,11 +410,17 @@ class PostgresStore(AuditedReads, Store):
         async with self._tx() as conn:
             cur = await conn.execute(
                 "SELECT current_setting('fsync'), current_setting('synchronous_commit'), "
-                "current_setting('server_version'), current_setting('full_page_writes')"
+                "current_setting('server_version'), current_setting('full_page_writes'), "
+                "current_setting('autovacuum')"
             )
-            fsync, sync_commit, version, fpw = await cur.fetchone()
+            fsync, sync_commit, version, fpw, autovacuum = await cur.fetchone()
         self._settings = {"fsync": fsync, "synchronous_commit": sync_commit, "server_version": version,
-                          "full_page_writes": fpw}
+                          "full_page_writes": fpw, "autovacuum": autovacuum}
+        if autovacuum == "off":
+            # Not unsafe, but slow over time: deleted rows are never reclaimed and the planner keeps
+            # the statistics of empty tables (appends and searches degrade as the tables grow).
+            log.warning("PostgreSQL at %s runs with autovacuum=off: run VACUUM ANALYZE regularly "
+                        "(or store.analyze() after bulk loads)", self.url)
         unsafe = []
         if fsync == "off":
             unsafe.append("fsync=off (a crash can lose or corrupt committed data)")
@@ -443,7 +452,7 @@ class PostgresStore(AuditedReads, Store):
         after bulk loads; on a server running without it, plans stay those of empty tables (after
         loading 100,000 memories: the vector hit lookup took ~85 ms instead of ~1 ms)."""
         async with self._tx() as conn:
-            for table in ("sessions", "messages", "facts", "vectors", "vector_stamps"):
+            for table in ("sessions", "messages", "facts", "vectors", "vector_stamps", "learn_jobs", "audit"):
                 await conn.execute(self._sql(f"ANALYZE {{s}}.{table}"))
 
     async def describe(self) -> Mapping[str, Any]:
@@ -457,6 +466,7 @@ class PostgresStore(AuditedReads, Store):
             "server_version": self._settings.get("server_version"),
             "fsync": self._settings.get("fsync"),
             "synchronous_commit": self._settings.get("synchronous_commit"),
+            "autovacuum": self._settings.get("autovacuum"),
             "allow_unsafe": self._allow_unsafe,
             "schema_version": {track: version for track, version in rows},
             "vectors": "pgvector" if self._vs is not None else "exact (real[])",
