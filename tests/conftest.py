@@ -7,12 +7,19 @@ Set AMBER_TEST_ALLOW_SKIP=1 to skip them instead (local runs without the service
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import pytest
 
 POSTGRES_URL = os.environ.get("AMBER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AMBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ALLOW_SKIP = os.environ.get("AMBER_TEST_ALLOW_SKIP") == "1"
+AMBER = os.path.join(os.path.dirname(sys.executable), "amber")  # the installed console script
 
 
 def unreachable(what: str, exc: BaseException) -> None:
@@ -20,3 +27,34 @@ def unreachable(what: str, exc: BaseException) -> None:
     if ALLOW_SKIP:
         pytest.skip(message)
     pytest.fail(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_amber_serve(args: Sequence[str], env: Mapping[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``amber serve --port <free port> *args`` in a subprocess logging to ``log_path``; returns the
+    process and its base URL once /healthz answers. If it does not come up within a minute, it is
+    killed and the error carries its log."""
+    import httpx
+
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([AMBER, "serve", "--port", str(port), *args], env=dict(env),
+                                stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
+        time.sleep(0.1)

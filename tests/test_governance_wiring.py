@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -28,7 +26,8 @@ from amber.cli.options import governance_from_environ, parse_redaction  # noqa: 
 from amber.errors import InvalidInput  # noqa: E402
 from amber.governance import EncryptionConfig, Redactor, generate_master_key  # noqa: E402
 
-AMBER = os.path.join(os.path.dirname(sys.executable), "amber")
+from conftest import AMBER, start_amber_serve  # noqa: E402
+
 ADMIN = "admin-" + secrets.token_hex(16)
 SENTINEL = "ZEBRA-SENTINEL-" + secrets.token_hex(6).upper()
 EMAIL = f"claims.{secrets.token_hex(4)}@example-insurer.com"
@@ -40,12 +39,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GOV_VARS}
     env.update(extra)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _hits(paths: list[Path], needle: str) -> int:
@@ -61,22 +54,9 @@ def served(tmp_path_factory):
     keyring.parent.mkdir()
     env = _clean_env(AMBER_ADMIN_KEY=ADMIN, AMBER_STORE=f"sqlite:///{db}", AMBER_MASTER_KEY=master,
                      AMBER_KEYRING=str(keyring), AMBER_REDACT="on")
-    port = _free_port()
     log_path = tmp / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([AMBER, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_amber_serve([], env, log_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
         admin = {"Authorization": f"Bearer {ADMIN}"}
         assert httpx.post(base + "/v1/admin/tenants", json={"tenant": "bank"}, headers=admin).status_code == 201
         r = httpx.post(base + "/v1/admin/tenants/bank/keys", json={"label": "agent"}, headers=admin)

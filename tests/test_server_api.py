@@ -7,52 +7,29 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import start_amber_serve
+
 pytest.importorskip("fastapi")
 pytest.importorskip("amber.store.sqlite", reason="the server tests run over a SQLite file")
 
-AMBER = os.path.join(os.path.dirname(sys.executable), "amber")
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin-" + secrets.token_hex(16)
 S = "/v1/users/{user}/sessions/{thread}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    port = free_port()
     log_path = tmp / "server.log"
     env = {**os.environ, "AMBER_ADMIN_KEY": ADMIN, "AMBER_STORE": f"sqlite:///{tmp / 'amber.db'}"}
     env.pop("WEB_CONCURRENCY", None)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([AMBER, "serve", "--port", str(port), "--max-body", "200000"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
-        time.sleep(0.1)
+    proc, base = start_amber_serve(["--max-body", "200000"], env, log_path)
     yield {"base": base, "log": log_path, "pid": proc.pid}
     proc.terminate()
     proc.wait(timeout=20)

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +25,8 @@ schemathesis = pytest.importorskip("schemathesis")
 import httpx  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-AMBER = os.path.join(os.path.dirname(sys.executable), "amber")
+from conftest import start_amber_serve  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin-" + secrets.token_hex(16)
 EXAMPLES = int(os.environ.get("AMBER_SCHEMATHESIS_EXAMPLES", "4"))
@@ -44,35 +41,14 @@ schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.json")
 schema.config.checks.positive_data_acceptance.expected_statuses.append("412")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schemathesis")
-    port = _free_port()
     log_path = tmp / "server.log"
     env = {**os.environ, "AMBER_ADMIN_KEY": ADMIN, "AMBER_STORE": f"sqlite:///{tmp / 'amber.db'}"}
     for name in ("WEB_CONCURRENCY", "AMBER_MASTER_KEY", "AMBER_MASTER_KEY_FILE", "AMBER_KEYRING", "AMBER_REDACT"):
         env.pop(name, None)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([AMBER, "serve", "--port", str(port), "--log-level", "warning"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
-        time.sleep(0.1)
+    proc, base = start_amber_serve(["--log-level", "warning"], env, log_path)
     admin = {"Authorization": f"Bearer {ADMIN}"}
     r = httpx.post(base + "/v1/admin/tenants", json={"tenant": "fuzz"}, headers=admin)
     assert r.status_code == 201, r.text

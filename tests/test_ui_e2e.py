@@ -17,10 +17,8 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,13 +26,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import start_amber_serve
+
 pytest.importorskip("fastapi")
 pytest.importorskip("amber.store.sqlite", reason="the inspector tests run over a SQLite file")
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_TESTS = ROOT / "tests" / "ui"
 STATIC = ROOT / "src" / "amber" / "server" / "static"
-AMBER = os.path.join(os.path.dirname(sys.executable), "amber")
 ADMIN = "admin-" + secrets.token_hex(16)
 CHROMIUM = "/usr/bin/chromium"
 
@@ -72,12 +71,6 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _issue(admin: httpx.Client, tenant: str) -> str:
     assert admin.post("/v1/admin/tenants", json={"tenant": tenant}).status_code in (200, 201)
     r = admin.post(f"/v1/admin/tenants/{tenant}/keys", json={"label": "inspector test"})
@@ -97,24 +90,10 @@ def _append(client: httpx.Client, user: str, thread: str, *turns: tuple[str, str
 def inspector(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspector")
     url = f"sqlite:///{tmp / 'amber.db'}"
-    port = free_port()
     log_path = tmp / "server.log"
     env = {**os.environ, "AMBER_ADMIN_KEY": ADMIN, "AMBER_STORE": url, "AMBER_EMBEDDER": "hash"}
     env.pop("WEB_CONCURRENCY", None)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([AMBER, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
-        time.sleep(0.1)
+    proc, base = start_amber_serve([], env, log_path)
     try:
         admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
         key_a, key_b = _issue(admin, "acme"), _issue(admin, "globex")
