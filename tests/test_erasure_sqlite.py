@@ -10,11 +10,16 @@ No LLM: the extractor is a deterministic stand-in (see test_erasure_postgres._Er
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 import amber
+import amber.store.sqlite as sqlite_store
 from amber.keys import SessionKey
 from amber.learn import Learner
 from amber.records import NewFact, NewMessage, VectorItem
@@ -110,3 +115,72 @@ async def test_prune_scrubs_expired_content_from_the_file(tmp_path) -> None:
         assert sum(_hits(db, sentinel.encode()).values()) == 0
         assert [m.id for m in await store.read_since(key)] == [m.id for m in young]
         assert (await store.get_session(key)).message_count == 5  # type: ignore[union-attr]
+
+
+def _fts_check(db: Path) -> None:
+    """FTS5's own consistency check of both lexical indexes against their content tables."""
+    conn = sqlite3.connect(db)
+    try:
+        for table in ("messages_fts", "facts_fts"):
+            conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_a_thousand_erasures_leave_the_lexical_index_readable(tmp_path) -> None:
+    """Regression: every erasure scrubbed the index with FTS5 'optimize', which in SQLite 3.40 adds
+    two levels to the index structure each time; past 2,000 levels FTS5 refuses the index ("database
+    disk image is malformed"), so erasure ~1,000 failed and lexical search broke for every user (seen
+    as the failed cleanup of `amber.bench.scale` at 1,000 users). The scrub now rebuilds an index
+    whose level count has grown past half the limit."""
+    db = tmp_path / "amber.db"
+    words = [f"zqx{uuid.uuid4().hex[:12]}" for _ in range(1_200)]
+    async with await amber.open_store(f"sqlite:///{db}?synchronous=normal") as store:
+        key = SessionKey("bank", "gone", "t")
+        gone = [m for i in range(0, len(words), 500)
+                for m in await store.append(key, [NewMessage("user", f"claim {w}") for w in words[i:i + 500]])]
+        kept = SessionKey("bank", "kept", "t")
+        await store.append(kept, [NewMessage("user", f"keep {i} harbour") for i in range(20)])
+        await store.record_fact("bank", "kept", NewFact("port", "harbour", "the port is the harbour"))
+        most = 0
+        for m in gone:
+            assert await store.delete_message(key, m.id)
+            with closing(sqlite3.connect(db)) as conn:
+                most = max(most, sqlite_store.fts5_levels(conn, "messages_fts"))
+        assert len(await store.search_text("bank", "kept", "harbour", limit=50)) == 21
+        assert await store.search_text("bank", "gone", words[-1]) == []
+        assert await store.read_since(key) == []
+    assert most < sqlite_store._FTS5_CORRUPT_LEVELS
+    _fts_check(db)
+    assert sum(sum(_hits(db, w.encode()).values()) for w in words) == 0
+
+
+async def test_opening_repairs_an_index_an_older_amber_left_unreadable(tmp_path) -> None:
+    """A file whose lexical index an older Amber drove past FTS5's 2,000 levels (each erasure ran
+    'optimize'): every search and write touching it failed. Opening the store rebuilds it."""
+    db = tmp_path / "amber.db"
+    async with await amber.open_store(f"sqlite:///{db}") as store:
+        for start in range(0, 2_500, 500):
+            await store.append(SessionKey("bank", "old", "t"), [NewMessage("user", f"note {start + i}")
+                                                                 for i in range(500)])
+        await store.append(SessionKey("bank", "kept", "t"), [NewMessage("user", "harbour master")])
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:  # what the old scrub did, erasure after erasure (raw deletes: only the index matters here)
+        rids = [r[0] for r in conn.execute("SELECT rid FROM messages WHERE user_id = 'old' ORDER BY rid")]
+        for rid in rids[:-1]:  # each adds one or two levels
+            if sqlite_store.fts5_levels(conn, "messages_fts") > sqlite_store._FTS5_CORRUPT_LEVELS:
+                break
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM messages WHERE rid = ?", (rid,))
+            conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+            conn.execute("COMMIT")
+        assert sqlite_store.fts5_levels(conn, "messages_fts") > sqlite_store._FTS5_CORRUPT_LEVELS
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'harbour'").fetchall()
+    finally:
+        conn.close()
+    async with await amber.open_store(f"sqlite:///{db}") as store:
+        assert [h.text for h in await store.search_text("bank", "kept", "harbour")] == ["harbour master"]
+        assert len(await store.search_text("bank", "old", "note", limit=5000)) == 2_500 - rids.index(rid)
+    _fts_check(db)

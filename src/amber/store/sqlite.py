@@ -481,6 +481,13 @@ class SQLiteStore(AuditedReads, Store):
                 lambda: str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower(), "journal_mode=WAL"
             )
             self._retry(lambda: self._migrate(conn), "migration")
+            rebuilt = self._retry(lambda: _repair_fts_levels(conn), "lexical index repair")
+            if rebuilt:
+                import logging
+
+                logging.getLogger("amber.audit").warning(
+                    "rebuilt the lexical index(es) %s of %s: their FTS5 structure had grown past %d levels"
+                    " (repeated erasures with SQLite 3.40's FTS5)", ", ".join(rebuilt), self.path, _FTS5_REBUILD_LEVELS)
         except BaseException:
             conn.close()
             raise
@@ -1769,16 +1776,83 @@ def _drop_orphaned_facts(conn: sqlite3.Connection, key: SessionKey, message_id: 
     return gone, vec
 
 
+# FTS5 reads an index whose structure record lists more than 2000 levels (FTS5_MAX_SEGMENT) as
+# corrupt: every query and write of that table then fails with "database disk image is malformed".
+# In SQLite 3.40 (later releases cap the count at 64), each 'optimize' (and each full 'merge') of an
+# index holding more than one segment writes its output two levels above the old top and never
+# drops the empty levels below, so erasure number ~1000 of a store broke its lexical search for all. Above this many
+# levels the scrub runs 'rebuild' instead: the index is rewritten from the content table into a
+# fresh structure of a few levels (and, rewritten from the surviving rows, holds no erased term).
+_FTS5_CORRUPT_LEVELS = 2000
+_FTS5_REBUILD_LEVELS = 1000
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    """SQLite's big-endian varint at ``b[i:]``: (value, next offset)."""
+    v = 0
+    for k in range(9):
+        c = b[i]
+        i += 1
+        if k == 8:
+            return (v << 8) | c, i
+        v = (v << 7) | (c & 0x7F)
+        if not c & 0x80:
+            return v, i
+    raise AssertionError("unreachable")
+
+
+def fts5_levels(conn: sqlite3.Connection, table: str) -> int:
+    """How many levels the FTS5 index ``table`` lists in its structure record (row 10 of
+    ``<table>_data``: a 4-byte cookie, in newer releases a 4-byte format marker, then varint nLevel).
+    Read from the shadow table directly, so it works on an index FTS5 itself already refuses."""
+    row = conn.execute(f"SELECT block FROM {table}_data WHERE id = 10").fetchone()
+    if row is None or not row[0] or len(row[0]) < 5:
+        return 0
+    block = bytes(row[0])
+    start = 8 if block[4:8] == b"\xff\x00\x00\x01" else 4
+    try:
+        return _varint(block, start)[0]
+    except IndexError:
+        return 0
+
+
 def _scrub_index(conn: sqlite3.Connection, *, messages: bool, facts: bool) -> None:
     """SQLite 3.40's FTS5 keeps deleted terms in older index segments until they are merged (its
     'secure-delete' option arrived in 3.42): 'optimize' merges every segment into one, and with
-    secure_delete the freed segment pages are zeroed. Cost: proportional to the whole index."""
-    if messages:
-        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
-    if facts:
-        conn.execute("INSERT INTO facts_fts (facts_fts) VALUES ('optimize')")
+    secure_delete the freed segment pages are zeroed. Cost: proportional to the whole index.
+    An index whose level count has grown past _FTS5_REBUILD_LEVELS is rebuilt instead (see there)."""
+    for wanted, table in ((messages, "messages_fts"), (facts, "facts_fts")):
+        if wanted:
+            command = "rebuild" if fts5_levels(conn, table) >= _FTS5_REBUILD_LEVELS else "optimize"
+            conn.execute(f"INSERT INTO {table} ({table}) VALUES ('{command}')")
 
 
+# The structure record of an empty index (cookie 0, no level, no segment, write counter 0).
+_FTS5_EMPTY_STRUCTURE = b"\x00\x00\x00\x00\x00\x00\x00"
+
+
+def _repair_fts_levels(conn: sqlite3.Connection) -> list[str]:
+    """Rebuild any FTS5 index an older Amber left with too many levels (see _FTS5_CORRUPT_LEVELS);
+    returns the tables rebuilt. Runs at open, in its own write transaction. Past 2,000 levels FTS5
+    cannot even open the table (nor 'rebuild' or drop it): its structure record is first replaced by
+    an empty one, then 'rebuild' deletes every old segment row (zeroed: secure_delete) and indexes
+    the content table afresh."""
+    broken = [t for t in ("messages_fts", "facts_fts") if fts5_levels(conn, t) >= _FTS5_REBUILD_LEVELS]
+    if not broken:
+        return []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        broken = [t for t in broken if fts5_levels(conn, t) >= _FTS5_REBUILD_LEVELS]  # another process may have
+        for table in broken:
+            if fts5_levels(conn, table) > _FTS5_CORRUPT_LEVELS:
+                conn.execute(f"UPDATE {table}_data SET block = ? WHERE id = 10", (_FTS5_EMPTY_STRUCTURE,))
+            conn.execute(f"INSERT INTO {table} ({table}) VALUES ('rebuild')")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return broken
 
 
 def with_actor(
