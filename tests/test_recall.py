@@ -228,3 +228,21 @@ async def test_a_name_in_the_best_hit_bridges_to_the_second_hop(store: amber.Sto
     assert "bridge" in second.paths and second.score < bridged[0].score
     plain = await Recall(store, bridge=0).search("t-hop", "erin", query, kinds=("message",), limit=5, now=NOW)
     assert not any("07700" in h.text for h in plain)
+
+
+async def test_an_unreachable_embedder_degrades_to_the_lexical_answer(store: amber.Store) -> None:
+    # The lexical search runs while the query is being embedded; when embedding fails (a real
+    # endpoint that refuses connections), the lexical candidates alone make the answer.
+    from amber.embed import OpenAIEmbedder
+
+    key = amber.SessionKey("t-degrade", "fay", "s")
+    await store.append(key, [NewMessage("user", f"Routine note {i}: the app logged me out again.") for i in range(12)]
+                       + [NewMessage("user", "My parcel tracking code is TRK-88213.")])
+    down = OpenAIEmbedder("text-embedding-3-small", base_url="http://127.0.0.1:9/v1", dim=8, timeout=2.0)
+    try:
+        degraded = await Recall(store, embedder=down).search("t-degrade", "fay", "parcel tracking code", now=NOW)
+    finally:
+        await down.aclose()
+    lexical = await Recall(store).search("t-degrade", "fay", "parcel tracking code", now=NOW)
+    assert degraded and [h.id for h in degraded] == [h.id for h in lexical]
+    assert "TRK-88213" in degraded[0].text and all("vector" not in h.paths for h in degraded)

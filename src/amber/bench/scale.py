@@ -100,27 +100,36 @@ _STAGES = ("embed", "lexical", "vector", "facts", "bridge", "neighbours", "rank"
 class _StageClock:
     """Where one query's time goes, measured around the real store's and embedder's calls.
 
-    ``rank`` (fusion, re-ranking, dedup: recall's own Python) is the rest of the query's time.
+    ``rank`` (fusion, re-ranking, dedup: recall's own Python) is the rest of the query's time: the
+    part no clocked call covers (the lexical search runs while the query is embedded, so stages
+    can overlap and need not add up to the total).
     ``audit`` is noting the read entries (inside the lexical and vector calls, so also counted
     there); writing them is batched in the background and reported apart (``audit_flush``).
     """
 
     def __init__(self) -> None:
         self.current: dict[str, float] = {}
+        self.spans: list[tuple[float, float]] = []
         self.text_calls = 0
         self.per_query: list[dict[str, float]] = []
         self.flush_s = 0.0
         self.flushes = 0
 
     def start(self) -> None:
-        self.current, self.text_calls = {}, 0
+        self.current, self.spans, self.text_calls = {}, [], 0
 
-    def add(self, stage: str, seconds: float) -> None:
-        self.current[stage] = self.current.get(stage, 0.0) + seconds
+    def add(self, stage: str, start: float, end: float) -> None:
+        self.current[stage] = self.current.get(stage, 0.0) + (end - start)
+        if stage != "audit":  # noted inside the lexical and vector calls
+            self.spans.append((start, end))
 
     def stop(self, total: float) -> None:
-        timed = sum(v for k, v in self.current.items() if k != "audit")
-        self.current["rank"] = max(0.0, total - timed)
+        covered, reach = 0.0, float("-inf")  # wall time covered by any clocked call (they may overlap)
+        for a, b in sorted(self.spans):
+            if b > reach:
+                covered += b - max(a, reach)
+                reach = b
+        self.current["rank"] = max(0.0, total - covered)
         self.per_query.append(self.current)
 
     def summary(self) -> dict[str, Any]:
@@ -158,7 +167,7 @@ class _TimedStore:
             try:
                 return await attr(*args, **kwargs)
             finally:
-                clock.add(s, time.perf_counter() - a)
+                clock.add(s, a, time.perf_counter())
 
         return timed
 
@@ -174,7 +183,7 @@ class _TimedEmbedder:
         try:
             return await self._embedder.embed(texts)
         finally:
-            self._clock.add("embed", time.perf_counter() - a)
+            self._clock.add("embed", a, time.perf_counter())
 
 
 def _time_audit_notes(store: Store, clock: _StageClock) -> Any:
@@ -186,7 +195,7 @@ def _time_audit_notes(store: Store, clock: _StageClock) -> Any:
         try:
             note(*args, **kwargs)
         finally:
-            clock.add("audit", time.perf_counter() - a)
+            clock.add("audit", a, time.perf_counter())
 
     store.audit_read = timed_note  # type: ignore[method-assign]
 

@@ -24,6 +24,7 @@ Scores are in [0, 1], higher is better; ties keep a stable order (by id).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -213,18 +214,8 @@ class Recall:
             return [h for h in hits if h.tenant == tenant and h.user == user and h.id not in skip
                     and not (h.kind == "message" and h.text in skip_texts)]
 
-        lists: dict[str, list[Hit]] = {}
         words = lexical_query(query, inflections=self.inflections)
-        if "lexical" in modes and words:
-            lists["lexical"] = keep(await self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
-        if "vector" in modes and self.embedder is not None:
-            try:
-                vector = (await self.embedder.embed([query]))[0]
-            except Exception as exc:  # recall degrades to lexical rather than failing the agent's turn
-                log.warning("query embedding failed, recalling lexically: %s", exc)
-            else:
-                lists["vector"] = keep(await self.store.search_vectors(
-                    tenant, user, self.embedder.name, vector, limit=pool, kinds=kinds))
+        lists = await self._candidates(tenant, user, query, words, modes, kinds, pool, keep)
         fused = self._fuse(lists)
         window = parse_time_range(query, now)
         ranked = await self._rerank(tenant, user, fused, now, window, limit)
@@ -236,6 +227,43 @@ class Recall:
         if neighbours and top:
             top = await self._with_neighbours(tenant, user, top, neighbours, skip)
         return top
+
+    async def _candidates(self, tenant: str, user: str, query: str, words: str, modes: Sequence[str],
+                          kinds: Sequence[str], pool: int, keep: Any) -> dict[str, list[Hit]]:
+        """Each mode's candidate list. The lexical search runs while the query is being embedded
+        (the embedder and the store work in threads, so on two cores the lexical search costs no
+        wall time); the vector search follows the embedding. Lists keep the order lexical, vector."""
+
+        async def vector_hits() -> list[Hit] | None:
+            assert self.embedder is not None
+            try:
+                vector = (await self.embedder.embed([query]))[0]
+            except Exception as exc:  # recall degrades to lexical rather than failing the agent's turn
+                log.warning("query embedding failed, recalling lexically: %s", exc)
+                return None
+            return keep(await self.store.search_vectors(
+                tenant, user, self.embedder.name, vector, limit=pool, kinds=kinds))
+
+        want_lexical = "lexical" in modes and bool(words)
+        want_vector = "vector" in modes and self.embedder is not None
+        lexical: asyncio.Task[list[Hit]] | None = None
+        if want_lexical and want_vector:
+            lexical = asyncio.ensure_future(self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
+        lists: dict[str, list[Hit]] = {}
+        try:
+            vector = await vector_hits() if want_vector else None
+            if lexical is not None:
+                lists["lexical"] = keep(await lexical)
+            elif want_lexical:
+                lists["lexical"] = keep(await self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
+        except BaseException:
+            if lexical is not None and not lexical.done():
+                lexical.cancel()
+                await asyncio.gather(lexical, return_exceptions=True)  # never leave it unawaited
+            raise
+        if vector is not None:
+            lists["vector"] = vector
+        return lists
 
     # -- fusion ----------------------------------------------------------------------------------
     def _fuse(self, lists: dict[str, list[Hit]]) -> dict[tuple[str, str], tuple[Hit, float, dict[str, float]]]:
