@@ -173,6 +173,24 @@ async def test_common_terms_cost_bounded_work_and_rare_terms_still_win(url: str,
         assert await store.search_text("t", "u", "elsewhere") == []
 
 
+async def test_facts_of_a_user_who_holds_most_messages_are_found_when_others_facts_crowd_them(url: str) -> None:
+    """The user holds most of the file's messages, so facts are ranked without the scope filter
+    first; another user's many matching facts fill that candidate list, and the scoped search
+    still returns this user's own facts (and only them)."""
+    async with await amber.open_store(url) as store:
+        await store.append(SessionKey("t", "mine", "s"), [NewMessage("user", f"routine note {i}") for i in range(40)])
+        await store.append_one(SessionKey("t", "crowd", "s"), NewMessage("user", "hello"))
+        for i in range(60):
+            await store.record_fact("t", "crowd", NewFact(attribute=f"locker_{i}", value=str(i),
+                                                          text=f"parcel locker code is {i}", kind="statement"))
+        mine = [await store.record_fact("t", "mine", NewFact(attribute=f"locker_{i}", value=f"M{i}",
+                                                             text=f"my parcel locker code is M{i}", kind="statement"))
+                for i in range(3)]
+        hits = await store.search_text("t", "mine", "parcel locker code", limit=5, kinds=("fact",))
+        assert sorted(h.id for h in hits) == sorted(f.id for f in mine)
+        assert all(h.user == "mine" and h.kind == "fact" for h in hits)
+
+
 async def test_a_version_1_file_is_migrated_and_its_messages_stay_searchable(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

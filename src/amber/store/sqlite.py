@@ -1383,12 +1383,14 @@ class SQLiteStore(AuditedReads, Store):
 
         def run(conn: sqlite3.Connection) -> list[Hit]:
             # rank is bm25() over the text column (see the schema): <= 0, more negative is better;
-            # r / (1 + r) with r = -rank maps it into [0, 1) monotonically.
-            scored: list[tuple[float, int, int, Hit]] = []
+            # r / (1 + r) with r = -rank maps it into [0, 1) monotonically. Hits are built for the
+            # best ``limit`` rows only (the candidate lists are 2-3 times longer).
+            scored: list[tuple[float, int, int, Any]] = []
+            mostly_mine = _user_holds_most_messages(conn, tenant, user)
             if "message" in kinds:
                 select = "SELECT id, content, thread_id, seq, created_at, rid FROM messages"
                 scoped = True
-                if _user_holds_most_messages(conn, tenant, user):
+                if mostly_mine:
                     # Unscoped, then filtered: rank more than asked, as some may be other users'.
                     ranked = _fts_candidates(conn, "messages_fts", "content", None, match, limit * 2)
                     rows = self._rows_by_rid(conn, select, ranked, tenant, user)
@@ -1398,19 +1400,25 @@ class SQLiteStore(AuditedReads, Store):
                     ranked = _fts_candidates(conn, "messages_fts", "content", scope, match, limit)
                     rows = self._rows_by_rid(conn, select, ranked, tenant, user)
                 for row in rows:
-                    s = max(_unit(-ranked[row[5]]), _coverage(terms, row[1]))
-                    scored.append((-s, 0, row[5], self._hit("message", row, s, "lexical", tenant, user)))
+                    scored.append((-_lexical_score(ranked[row[5]], terms, row[1]), 0, row[5], row))
             if "fact" in kinds:
                 # Superseded facts stay in the index (they are history): rank more than asked for.
-                ranked = _fts_candidates(conn, "facts_fts", "text", scope, match, limit * 3)
-                rows = self._rows_by_rid(
-                    conn, "SELECT id, text, thread_id, created_at, source_ids, valid_from, valid_to, rid FROM facts",
-                    ranked, tenant, user, " AND valid_to IS NULL")
+                # Unscoped first when the user holds most of the file (the scope filter would cost
+                # more than it saves, as for messages above), scoped if others crowded ours out.
+                select = "SELECT id, text, thread_id, created_at, source_ids, valid_from, valid_to, rid FROM facts"
+                scoped = True
+                if mostly_mine:
+                    ranked = _fts_candidates(conn, "facts_fts", "text", None, match, limit * 3)
+                    rows = self._rows_by_rid(conn, select, ranked, tenant, user, " AND valid_to IS NULL")
+                    scoped = len(rows) < limit and len(ranked) == limit * 3
+                if scoped:
+                    ranked = _fts_candidates(conn, "facts_fts", "text", scope, match, limit * 3)
+                    rows = self._rows_by_rid(conn, select, ranked, tenant, user, " AND valid_to IS NULL")
                 for row in rows:
-                    s = max(_unit(-ranked[row[7]]), _coverage(terms, row[1]))
-                    scored.append((-s, 1, row[7], self._hit("fact", row, s, "lexical", tenant, user)))
+                    scored.append((-_lexical_score(ranked[row[7]], terms, row[1]), 1, row[7], row))
             scored.sort(key=lambda t: t[:3])
-            return [t[3] for t in scored[:limit]]
+            return [self._hit("fact" if k else "message", row, -s, "lexical", tenant, user)
+                    for s, k, _, row in scored[:limit]]
 
         return self._read_hits(tenant, user, "search.text", await self._read(run))
 
@@ -2047,6 +2055,13 @@ def _fts_candidates(
             found.setdefault(rowid, 0.0)
     best = sorted(found.items(), key=lambda item: (item[1], -item[0] if item[1] == 0.0 else item[0]))[:limit]
     return dict(best)
+
+
+def _lexical_score(rank: float, terms: set[str], text: str) -> float:
+    """A row's lexical score: bm25 mapped into [0, 1), with the coverage floor (always below 0.1,
+    so only worked out when bm25 gives less)."""
+    s = _unit(-rank)
+    return s if s >= 0.1 else max(s, _coverage(terms, text))
 
 
 def _coverage(terms: set[str], text: str) -> float:
