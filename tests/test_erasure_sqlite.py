@@ -10,7 +10,10 @@ No LLM: the extractor is a deterministic stand-in (see test_erasure_postgres._Er
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
 import uuid
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
@@ -183,4 +186,80 @@ async def test_opening_repairs_an_index_an_older_amber_left_unreadable(tmp_path)
     async with await amber.open_store(f"sqlite:///{db}") as store:
         assert [h.text for h in await store.search_text("bank", "kept", "harbour")] == ["harbour master"]
         assert len(await store.search_text("bank", "old", "note", limit=5000)) == 2_500 - rids.index(rid)
+    _fts_check(db)
+
+
+def _owed(db: Path) -> list[tuple[str, int]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT fts_table, erasures FROM fts_scrub_owed ORDER BY fts_table").fetchall()
+
+
+async def _load_sentinel_user(store, sentinel: str, user: str = "gone") -> None:
+    await store.append(SessionKey("bank", user, "t"), [NewMessage("user", f"policy {sentinel} {i}") for i in range(300)])
+    await store.record_fact("bank", user, NewFact("policy", sentinel, f"policy is {sentinel}"))
+    await store.append(SessionKey("bank", "kept", "t"), [NewMessage("user", "keep this harbour")])
+
+
+async def test_a_deferred_scrub_is_owed_durably_and_done_by_the_timer_a_call_or_close(tmp_path) -> None:
+    """erasure_scrub_delay > 0: the erasure returns once the rows are gone (nothing readable through
+    any API), leaving a durable marker; the scrub then runs on its timer, when asked, or at close."""
+    db = tmp_path / "amber.db"
+    s1, s2, s3 = (f"zqx{uuid.uuid4().hex[:12]}" for _ in range(3))
+    async with await amber.open_store(f"sqlite:///{db}?erasure_scrub_delay=3600") as store:
+        await _load_sentinel_user(store, s1, "a")
+        await _load_sentinel_user(store, s2, "b")
+        await store.delete_user("bank", "a")
+        await store.delete_user("bank", "b")
+        assert await store.search_text("bank", "a", s1) == [] and await store.read_since(SessionKey("bank", "a", "t")) == []
+        assert _owed(db) == [("facts_fts", 2), ("messages_fts", 2)]  # two erasures, one scrub owed
+        assert await store.scrub_erasures() is True
+        assert _owed(db) == [] and sum(_hits(db, s1.encode()).values()) + sum(_hits(db, s2.encode()).values()) == 0
+        assert await store.scrub_erasures() is False  # nothing owed: no index rewrite
+        await store.append(SessionKey("bank", "c", "t"), [NewMessage("user", f"claim {s3} {i}") for i in range(50)])
+        await store.delete_session(SessionKey("bank", "c", "t"))
+        assert _owed(db) == [("messages_fts", 1)]
+    assert _owed(db) == [] and sum(_hits(db, s3.encode()).values()) == 0  # close ran it
+    assert [h.text for h in await _search_kept(db)] == ["keep this harbour"] * 2
+
+    s4 = f"zqx{uuid.uuid4().hex[:12]}"
+    async with await amber.open_store(f"sqlite:///{db}?erasure_scrub_delay=0.2") as store:
+        await _load_sentinel_user(store, s4, "d")
+        await store.delete_user("bank", "d")
+        for _ in range(300):  # the timer fires after 0.2 s (scrub, then WAL checkpoint); allow a loaded machine time
+            if not _owed(db) and sum(_hits(db, s4.encode()).values()) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert _owed(db) == [] and sum(_hits(db, s4.encode()).values()) == 0
+
+
+async def _search_kept(db: Path) -> list:
+    async with await amber.open_store(f"sqlite:///{db}") as store:
+        return await store.search_text("bank", "kept", "harbour")
+
+
+async def test_a_scrub_owed_by_a_process_that_died_is_done_at_the_next_open(tmp_path) -> None:
+    db = tmp_path / "amber.db"
+    sentinel = f"zqx{uuid.uuid4().hex[:12]}"
+    script = (
+        "import asyncio, os, sys\n"
+        "import amber\n"
+        "from amber.keys import SessionKey\n"
+        "from amber.records import NewMessage\n"
+        "async def main():\n"
+        f"    store = await amber.open_store('sqlite:///{db}?erasure_scrub_delay=3600')\n"
+        f"    await store.append(SessionKey('bank', 'gone', 't'), [NewMessage('user', 'policy {sentinel} %d' % i)"
+        " for i in range(300)])\n"
+        "    await store.delete_user('bank', 'gone')\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)  # dies within the delay: no close, no timer\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _owed(db) == [("messages_fts", 1)] and sum(_hits(db, sentinel.encode()).values()) > 0
+    store = await amber.open_store(f"sqlite:///{db}")
+    try:
+        assert _owed(db) == [] and sum(_hits(db, sentinel.encode()).values()) == 0
+    finally:
+        await store.close()
     _fts_check(db)

@@ -391,6 +391,7 @@ class SQLiteStore(AuditedReads, Store):
         limits: StoreLimits,
         vector_cache_mb: int = 512,
         vector_ann_threshold: int | None = ANN_THRESHOLD,
+        erasure_scrub_delay: float = 0.0,
     ) -> None:
         self.path = path
         self.url = url
@@ -415,6 +416,10 @@ class SQLiteStore(AuditedReads, Store):
         self._vector_cache_lock = threading.Lock()
         self._vector_cache_bytes = 0
         self._vector_cache_limit = vector_cache_mb * 1_048_576
+        self._scrub_delay = erasure_scrub_delay
+        self._scrub_handle: asyncio.TimerHandle | None = None
+        self._scrub_task: asyncio.Future[None] | None = None
+        self._scrub_owed_here = False  # this handle deferred a scrub that has not run yet
         from ..governance.audit import ReadAuditBuffer  # lazily: governance imports the store package
 
         self._reads = ReadAuditBuffer(self._write_reads, chain=self.chain_audit)
@@ -488,6 +493,7 @@ class SQLiteStore(AuditedReads, Store):
                 logging.getLogger("amber.audit").warning(
                     "rebuilt the lexical index(es) %s of %s: their FTS5 structure had grown past %d levels"
                     " (repeated erasures with SQLite 3.40's FTS5)", ", ".join(rebuilt), self.path, _FTS5_REBUILD_LEVELS)
+            self._retry(lambda: _scrub_owed_at_open(conn), "owed lexical index scrub")
         except BaseException:
             conn.close()
             raise
@@ -573,6 +579,14 @@ class SQLiteStore(AuditedReads, Store):
     async def close(self) -> None:
         if self._closed:
             return
+        if self._writer is not None and (self._scrub_owed_here or self._scrub_handle is not None):
+            try:  # an erasure of this handle deferred its index scrub: do it before closing
+                await self.scrub_erasures()
+            except AmberError as exc:
+                import logging
+
+                logging.getLogger("amber.audit").warning(
+                    "scrubbing erased terms at close of %s failed (still owed; done at next open): %s", self.url, exc)
         if self._writer is not None:  # buffered read entries, then chain what this handle audited
             try:
                 await self._reads.close()
@@ -705,6 +719,45 @@ class SQLiteStore(AuditedReads, Store):
             logging.getLogger("amber.audit").warning(
                 "WAL checkpoint after erasure was blocked by readers of %s; erased pages stay in the WAL "
                 "until the next checkpoint", self.path)
+
+    async def _after_erasure(self) -> None:
+        """After an erasure committed (with its durable fts_scrub_owed marker): scrub the lexical
+        indexes now (``erasure_scrub_delay`` 0, the default) or within that many seconds."""
+        if self._scrub_delay <= 0:
+            await self.scrub_erasures()
+            return
+        await self._checkpoint()  # the erased rows' old page images leave the WAL now; index terms later
+        self._scrub_owed_here = True
+        if self._scrub_handle is None:
+            loop = asyncio.get_running_loop()
+            self._scrub_handle = loop.call_later(self._scrub_delay, self._start_timed_scrub)
+
+    def _start_timed_scrub(self) -> None:
+        self._scrub_handle = None
+        if not self._closed:
+            self._scrub_task = asyncio.ensure_future(self._timed_scrub())
+
+    async def _timed_scrub(self) -> None:
+        try:
+            await self.scrub_erasures()
+        except AmberError as exc:  # still owed (durably): close(), the next open or erasure retries it
+            import logging
+
+            logging.getLogger("amber.audit").warning(
+                "scrubbing erased terms from the lexical index of %s failed (still owed): %s", self.path, exc)
+
+    async def scrub_erasures(self) -> bool:
+        """Merge the terms of erased records out of the lexical indexes now, if any erasure left
+        that owed (``fts_scrub_owed``, by any process); then checkpoint the WAL. True if a scrub ran.
+        Erasures call this themselves (at once, or after ``erasure_scrub_delay``); a bulk job that
+        deferred it can call it when done. One scrub covers every erasure committed before it."""
+        if self._scrub_handle is not None:
+            self._scrub_handle.cancel()
+            self._scrub_handle = None
+        self._scrub_owed_here = False
+        done = await self._write(_scrub_owed)
+        await self._checkpoint()
+        return bool(done)
 
     # -- transcripts ------------------------------------------------------------------------------
     _MSG_COLS = ("seq, id, role, content, payload, payload_format, author, idempotency_key, created_at, "
@@ -996,13 +1049,13 @@ class SQLiteStore(AuditedReads, Store):
             jobs = conn.execute(f"DELETE FROM learn_jobs WHERE {where}", k).rowcount
             conn.execute(f"DELETE FROM sessions WHERE {where}", k)
             if msgs:
-                _scrub_index(conn, messages=True, facts=False)
+                _owe_scrub(conn, messages=True, facts=False)
             _receipt(conn, key.tenant, "session.delete", actor, key.user, key.thread, ids + states)
             counts = {"messages": msgs, "states": len(states), "jobs": jobs, "vectors": vec}
             return DeletionReceipt("session.delete", key.tenant, key.user, key.thread, counts, utcnow())
 
         receipt = await self._write(op)
-        await self._checkpoint()
+        await self._after_erasure()
         return receipt
 
     async def delete_message(self, key: SessionKey, message_id: str) -> bool:
@@ -1030,12 +1083,12 @@ class SQLiteStore(AuditedReads, Store):
             facts, fact_vec = _drop_orphaned_facts(conn, key, message_id, actor)
             if vec or fact_vec:
                 _bump_vectors(conn, key.tenant, key.user)
-            _scrub_index(conn, messages=True, facts=bool(facts))
+            _owe_scrub(conn, messages=True, facts=bool(facts))
             return True
 
         done = await self._write(op)
         if done:
-            await self._checkpoint()
+            await self._after_erasure()
         return done
 
     async def correct_message(
@@ -1070,12 +1123,12 @@ class SQLiteStore(AuditedReads, Store):
             facts, fact_vec = _drop_orphaned_facts(conn, key, message_id, actor)
             if vec or fact_vec:
                 _bump_vectors(conn, key.tenant, key.user)
-            _scrub_index(conn, messages=True, facts=bool(facts))  # the old text leaves the index
+            _owe_scrub(conn, messages=True, facts=bool(facts))  # the old text leaves the index
             return replace(old, content=c.content, payload=None, payload_format="text/1",
                            metadata=decode_json(meta), tokens=c.tokens, content_hash=new_hash)
 
         msg = await self._write(op)
-        await self._checkpoint()
+        await self._after_erasure()
         return msg
 
     async def delete_user(self, tenant: str, user: str) -> DeletionReceipt:
@@ -1094,14 +1147,14 @@ class SQLiteStore(AuditedReads, Store):
             jobs = conn.execute(f"DELETE FROM learn_jobs WHERE {where}", k).rowcount
             vec = conn.execute(f"DELETE FROM vectors WHERE {where}", k).rowcount
             _bump_vectors(conn, tenant, user)
-            _scrub_index(conn, messages=bool(msg_ids), facts=bool(fact_ids))
+            _owe_scrub(conn, messages=bool(msg_ids), facts=bool(fact_ids))
             _receipt(conn, tenant, "user.delete", actor, user, None, msg_ids + fact_ids + states)
             counts = {"sessions": sessions, "messages": len(msg_ids), "states": len(states),
                       "facts": len(fact_ids), "jobs": jobs, "vectors": vec}
             return DeletionReceipt("user.delete", tenant, user, None, counts, utcnow())
 
         receipt = await self._write(op)
-        await self._checkpoint()
+        await self._after_erasure()
         return receipt
 
     async def prune(self, tenant: str, *, before: Mapping[str, datetime]) -> DeletionReceipt:
@@ -1159,14 +1212,14 @@ class SQLiteStore(AuditedReads, Store):
                     "UPDATE sessions SET message_count = (SELECT count(*) FROM messages m WHERE m.tenant_id ="
                     " sessions.tenant_id AND m.user_id = sessions.user_id AND m.thread_id = sessions.thread_id)"
                     " WHERE tenant_id = ?", (tenant,))
-            _scrub_index(conn, messages=bool(counts["messages"]), facts=bool(counts["facts"]))
+            _owe_scrub(conn, messages=bool(counts["messages"]), facts=bool(counts["facts"]))
             for u in sorted(by_user):
                 _receipt(conn, tenant, "retention.prune", actor, u, None, by_user[u])
             return DeletionReceipt("retention.prune", tenant, "*", None, counts, utcnow())
 
         receipt = await self._write(op)
         if any(receipt.counts[k] for k in ("messages", "facts", "states")):
-            await self._checkpoint()
+            await self._after_erasure()
         return receipt
 
     # -- facts ------------------------------------------------------------------------------------
@@ -1835,6 +1888,44 @@ def _scrub_index(conn: sqlite3.Connection, *, messages: bool, facts: bool) -> No
             conn.execute(f"INSERT INTO {table} ({table}) VALUES ('{command}')")
 
 
+def _owe_scrub(conn: sqlite3.Connection, *, messages: bool, facts: bool) -> None:
+    """Record, in the erasure's own transaction, that the index still holds erased terms (the
+    'delete' entries hide them from every query at once; their bytes stay until merged out)."""
+    for wanted, table in ((messages, "messages_fts"), (facts, "facts_fts")):
+        if wanted:
+            conn.execute("INSERT INTO fts_scrub_owed (fts_table, since, erasures) VALUES (?, ?, 1)"
+                         " ON CONFLICT (fts_table) DO UPDATE SET erasures = erasures + 1", (table, _now_us()))
+
+
+def _scrub_owed(conn: sqlite3.Connection) -> bool:
+    """Scrub every index an erasure left owed, and clear the markers, in one transaction."""
+    owed = {r[0] for r in conn.execute("SELECT fts_table FROM fts_scrub_owed")}
+    if not owed:
+        return False
+    _scrub_index(conn, messages="messages_fts" in owed, facts="facts_fts" in owed)
+    conn.execute("DELETE FROM fts_scrub_owed")
+    return True
+
+
+def _scrub_owed_at_open(conn: sqlite3.Connection) -> bool:
+    """A scrub a process left owed (it died, or its event loop stopped, within the delay): done now."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'fts_scrub_owed'").fetchone() is None:
+        return False  # a schema older than this Amber's (opened by an older one's code path)
+    if conn.execute("SELECT 1 FROM fts_scrub_owed LIMIT 1").fetchone() is None:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = _scrub_owed(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if done:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: a reader may hold it back
+    return done
+
+
 # The structure record of an empty index (cookie 0, no level, no segment, write counter 0).
 _FTS5_EMPTY_STRUCTURE = b"\x00\x00\x00\x00\x00\x00\x00"
 
@@ -2092,7 +2183,8 @@ def _numpy() -> Any:
     return numpy
 
 
-_URL_OPTIONS = {"synchronous", "lock_timeout", "readers", "vector_cache_mb", "vector_ann_threshold", "cache"}  # cache is handled by open_store
+_URL_OPTIONS = {"synchronous", "lock_timeout", "readers", "vector_cache_mb", "vector_ann_threshold",
+                "erasure_scrub_delay", "cache"}  # cache is handled by open_store
 
 
 def _option(options: Mapping[str, Any], query: Mapping[str, str], name: str, default: Any) -> Any:
@@ -2108,7 +2200,10 @@ async def open_sqlite(url: str, **options: Any) -> SQLiteStore:
     default 4), ``vector_cache_mb`` (memory for cached vector matrices, least recently searched users
     dropped first; default 512), ``vector_ann_threshold`` (live vectors of one kind of one user above
     which an HNSW graph is built in the background, needs ``usearch``; default 20000, "off": always
-    exact), ``limits`` (:class:`StoreLimits`, keyword only).
+    exact), ``erasure_scrub_delay`` (seconds: 0, the default, merges erased terms out of the lexical
+    index before an erasure returns; above 0 an erasure returns once its rows are gone, and one
+    scrub within that delay covers every erasure since the last; see docs/governance-audit.md),
+    ``limits`` (:class:`StoreLimits`, keyword only).
     """
     path, query = sqlite_path_from_url(url)
     unknown = (set(query) - _URL_OPTIONS) | (set(options) - _URL_OPTIONS - {"limits"})
@@ -2123,13 +2218,17 @@ async def open_sqlite(url: str, **options: Any) -> SQLiteStore:
         vector_cache_mb = int(_option(options, query, "vector_cache_mb", 512))
         ann = _option(options, query, "vector_ann_threshold", ANN_THRESHOLD)
         vector_ann_threshold = None if ann is None or str(ann).lower() in ("none", "off") else int(ann)
+        erasure_scrub_delay = float(_option(options, query, "erasure_scrub_delay", 0.0))
     except (TypeError, ValueError) as exc:
         raise InvalidStoreURL(f"invalid SQLite option in {url!r}: {exc}") from exc
     if lock_timeout <= 0 or not 1 <= readers <= 64 or vector_cache_mb < 0 or (vector_ann_threshold or 0) < 0:
         raise InvalidStoreURL("lock_timeout must be > 0, readers between 1 and 64, vector_cache_mb >= 0"
                               " and vector_ann_threshold >= 0 (or 'off')")
+    if not 0 <= erasure_scrub_delay <= 3600:
+        raise InvalidStoreURL("erasure_scrub_delay must be between 0 and 3600 seconds")
     limits = options.get("limits") or StoreLimits()
     store = SQLiteStore(path, url=url, synchronous=synchronous, lock_timeout=lock_timeout, readers=readers,
-                        limits=limits, vector_cache_mb=vector_cache_mb, vector_ann_threshold=vector_ann_threshold)
+                        limits=limits, vector_cache_mb=vector_cache_mb, vector_ann_threshold=vector_ann_threshold,
+                        erasure_scrub_delay=erasure_scrub_delay)
     await asyncio.to_thread(store._setup)
     return store

@@ -280,6 +280,21 @@ def _single_message_edits(conn: sqlite3.Connection) -> None:
     )
 
 
+def _scrub_owed(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        -- an FTS5 index whose erased terms still sit in old segments: written in the erasure's own
+        -- transaction, deleted in the transaction that merges them out (amber.store.sqlite)
+        CREATE TABLE fts_scrub_owed (
+            fts_table TEXT NOT NULL PRIMARY KEY,
+            since     INTEGER NOT NULL,             -- the first erasure not yet scrubbed
+            erasures  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 # (version, name, function): ordered and append-only.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial_schema", _initial_schema),
@@ -287,6 +302,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (3, "incremental_vectors", _incremental_vectors),
     (4, "audit_chain", _audit_chain),
     (5, "single_message_edits", _single_message_edits),
+    (6, "scrub_owed", _scrub_owed),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
