@@ -127,6 +127,11 @@ PGVECTOR_INSTALL_HINT = (
     "and reopen the store"
 )
 
+def _tsquery_term(lexeme: str) -> str:
+    """A lexeme as one quoted tsquery operand (quotes doubled, backslashes escaped)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _OPTION_TYPES: dict[str, type] = {
@@ -147,6 +152,8 @@ _CLIENT_EXACT_MAX = 20_000
 _HNSW_MAX_DIM = 2000
 _RECENT_S = 1.0  # a pooled connection used this recently is not probed before reuse  # pgvector's limit for HNSW on the vector type; larger dims are searched exactly
 _KINDS = ("message", "fact")
+_COMMON_TERM_ROWS = 2000  # a lexeme in more of a user's rows is "common" (see _SEARCH_TEXT_SQL), as in SQLite
+_TERM_STATS_TTL = 300.0  # seconds the planner's lexeme statistics are reused by search_text
 
 _MSG_COLS = (
     "seq, id, role, content, payload, payload_format, author, idempotency_key, created_at, metadata, "
@@ -309,6 +316,8 @@ class PostgresStore(AuditedReads, Store):
             {Capability.DURABLE, Capability.MULTI_PROCESS, Capability.MULTI_HOST,
              Capability.LEXICAL_SEARCH, Capability.VECTOR_SEARCH}
         )
+        # table -> (monotonic time fetched, ({lexeme: share of rows}, table rows) or None): see _term_stats
+        self._term_stats_cache: dict[str, tuple[float, tuple[dict[str, float], float] | None]] = {}
         self.applied_migrations: list[str] = []  # what THIS open applied (empty if already current)
         self._settings: dict[str, str] = {}
         self._closed = False
@@ -448,12 +457,17 @@ class PostgresStore(AuditedReads, Store):
         await self._pool.close()
 
     async def analyze(self) -> None:
-        """Refresh the planner's statistics of Amber's tables (``ANALYZE``). Autovacuum does this
-        after bulk loads; on a server running without it, plans stay those of empty tables (after
-        loading 100,000 memories: the vector hit lookup took ~85 ms instead of ~1 ms)."""
+        """Refresh the planner's statistics of Amber's tables (``ANALYZE``) and merge the lexical
+        indexes' pending entries into the index proper (``gin_clean_pending_list``). Autovacuum does
+        both after bulk loads; on a server running without it, plans stay those of empty tables
+        (after loading 100,000 memories: the vector hit lookup took ~85 ms instead of ~1 ms) and
+        every lexical search scans the whole pending list (~2 MB per index: ~2 ms per search)."""
         async with self._tx() as conn:
             for table in ("sessions", "messages", "facts", "vectors", "vector_stamps", "learn_jobs", "audit"):
                 await conn.execute(self._sql(f"ANALYZE {{s}}.{table}"))
+            for index in ("messages_tsv", "facts_tsv"):
+                await conn.execute(self._sql(f"SELECT gin_clean_pending_list('{{s}}.{index}'::regclass)"))
+        self._term_stats_cache.clear()  # common lexemes of the lexical search are read from these
 
     async def describe(self) -> Mapping[str, Any]:
         rows = await self._fetchall("SELECT track, max(version) FROM {s}.schema_migrations GROUP BY track")
@@ -1417,11 +1431,70 @@ class PostgresStore(AuditedReads, Store):
         want_msg, want_fact = self._kinds(kinds)
         if limit == 0 or not (want_msg or want_fact):
             return self._read_hits(tenant, user, "search.text", [])
-        rows = await self._fetchall(_SEARCH_TEXT_SQL.replace("{cfg}", schema_mod.TEXT_SEARCH_CONFIG).replace(
+        plan = await self._fetchall(_TEXT_TERMS_SQL.replace("{cfg}", schema_mod.TEXT_SEARCH_CONFIG).replace(
             "{chars}", str(schema_mod.INDEXED_CHARS)), {
-            "q": query, "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "limit": limit,
+            "q": query, "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "cap": _COMMON_TERM_ROWS + 1,
         })
+        lexemes, user_messages, user_facts = plan[0]
+        if not lexemes:
+            return self._read_hits(tenant, user, "search.text", [])
+        lexemes = sorted(lexemes)
+        # Facts were counted only up to _COMMON_TERM_ROWS + 1: past that, None (the table's rows stand in).
+        user_facts = None if (user_facts or 0) > _COMMON_TERM_ROWS else int(user_facts or 0)
+        common_m = await self._common_lexemes("messages", lexemes, int(user_messages or 0)) if want_msg else []
+        common_f = await self._common_lexemes("facts", lexemes, user_facts) if want_fact else []
+        quoted = {lx: _tsquery_term(lx) for lx in lexemes}
+
+        def any_of(terms: Sequence[str]) -> str | None:
+            return " | ".join(quoted[t] for t in terms) if terms else None
+
+        params: dict[str, Any] = {
+            "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "limit": limit, "n": len(lexemes),
+            "any": any_of(lexemes), "recent": max(4 * limit, 100),
+            "m_rare": any_of([t for t in lexemes if t not in common_m]), "m_common": any_of(common_m),
+            "f_rare": any_of([t for t in lexemes if t not in common_f]), "f_common": any_of(common_f),
+        }
+        # How many of the query's terms a row holds: one test per term, inline (a per-row subquery
+        # over the term list cost about a microsecond per candidate row).
+        matched = []
+        for i, lx in enumerate(lexemes):
+            params[f"l{i}"] = quoted[lx]
+            matched.append(f"(d.tsv @@ %(l{i})s::tsquery)::int")
+        sql = _SEARCH_TEXT_SQL.replace("{matched}", " + ".join(matched))
+        rows = await self._fetchall(sql, params)
         return self._read_hits(tenant, user, "search.text", [self._hit(r, tenant, user, "lexical") for r in rows])
+
+    async def _common_lexemes(self, table: str, lexemes: Sequence[str], user_rows: int | None) -> list[str]:
+        """The query's lexemes that are common in the user's ``table`` rows: in more than
+        _COMMON_TERM_ROWS of them, estimated as the lexeme's share of the table's rows (the planner's
+        statistics of the tsv column, from the last ANALYZE) times the user's row count (``None``:
+        more than _COMMON_TERM_ROWS, not counted further; the table's row count stands in).
+        Nothing is common for a user with at most _COMMON_TERM_ROWS rows, or without statistics."""
+        if user_rows is not None and user_rows <= _COMMON_TERM_ROWS:
+            return []
+        stats = await self._term_stats(table)
+        if stats is None:
+            return []
+        freqs, table_rows = stats
+        rows = table_rows if user_rows is None else user_rows
+        return [lx for lx in lexemes if freqs.get(lx, 0.0) * rows > _COMMON_TERM_ROWS]
+
+    async def _term_stats(self, table: str) -> tuple[dict[str, float], float] | None:
+        """{lexeme: share of rows holding it} for the most common lexemes of ``table``'s tsv column
+        and the table's estimated row count, from the planner's statistics; cached for
+        _TERM_STATS_TTL seconds (``analyze()`` drops the cache)."""
+        now = time.monotonic()
+        cached = self._term_stats_cache.get(table)
+        if cached is not None and now - cached[0] < _TERM_STATS_TTL:
+            return cached[1]
+        rows = await self._fetchall(_TERM_STATS_SQL, {"schema": self.schema, "table": table})
+        stats: tuple[dict[str, float], float] | None = None
+        if rows and rows[0][0] is not None:
+            table_rows = float(rows[0][2] or 0.0)
+            freqs = {e: float(f) for e, f in zip(rows[0][0], rows[0][1] or ()) if e is not None and f is not None}
+            stats = (freqs, table_rows) if freqs and table_rows > 0 else None
+        self._term_stats_cache[table] = (now, stats)
+        return stats
 
     @staticmethod
     def _check_vector(vector: Sequence[float], what: str) -> list[float]:
@@ -1854,31 +1927,80 @@ ORDER BY x.ord
 # OR-query for the GIN index plus one single-lexeme query each, to measure coverage (the share of
 # query terms a document holds). score = coverage * (1 + ts_rank normalised to [0, 1)) / 2, so a
 # document holding every term outranks one repeating a single term, and ts_rank orders the rest.
+# The query's distinct lexemes, the user's message count (sessions' last seq: an upper bound) and
+# fact count (counted up to %(cap)s): what search_text needs to split the terms (see below).
+_TEXT_TERMS_SQL = """
+SELECT ARRAY(SELECT DISTINCT lexeme FROM unnest(to_tsvector('{cfg}'::regconfig, left(%(q)s, {chars})))),
+       CASE WHEN %(msg)s THEN (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
+                               WHERE tenant_id = %(t)s AND user_id = %(u)s) END,
+       CASE WHEN %(fact)s THEN (SELECT count(*) FROM (SELECT 1 FROM {s}.facts WHERE tenant_id = %(t)s
+                                AND user_id = %(u)s AND valid_to IS NULL LIMIT %(cap)s) c) END
+"""
+
+# The most common lexemes of a tsv column with their share of rows (ANALYZE's sample; the element
+# frequency array ends with three summary numbers, which pair with no element) and the table's rows.
+_TERM_STATS_SQL = """
+SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples
+FROM pg_catalog.pg_stats s
+JOIN pg_catalog.pg_class c ON c.relname = s.tablename
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+WHERE s.schemaname = %(schema)s AND s.tablename = %(table)s AND s.attname = 'tsv'
+"""
+
+# Candidates, as SQLite's search picks them (sqlite._fts_candidates): every row holding one of the
+# query's rare terms (m_rare / f_rare, through the GIN index), and of the rows holding only common
+# terms (m_common / f_common: in more than 2,000 of the user's rows) the most recent %(recent)s --
+# scoring every row that holds a common word cost ~1 microsecond per row (20,000-30,000 rows at
+# 100,000 memories). Recent messages: the user's threads by last update, each newest first (the
+# primary key); recent facts: by id (time-ordered), the primary key backwards. Then one score for
+# all: the share of the query's terms a row holds, times (1 + ts_rank) / 2.
 _SEARCH_TEXT_SQL = """
-WITH lex AS (
-    SELECT DISTINCT chr(39) || replace(replace(lexeme, chr(92), chr(92) || chr(92)), chr(39), chr(39) || chr(39))
-           || chr(39) AS quoted
-    FROM unnest(to_tsvector('{cfg}'::regconfig, left(%(q)s, {chars})))
-), q AS (
-    SELECT string_agg(quoted, ' | ')::tsquery AS any_term, array_agg(quoted::tsquery) AS terms, count(*) AS n
-    FROM lex HAVING count(*) > 0
-), docs AS (
+WITH docs AS (
     SELECT 'message' AS kind, m.id, m.content AS text, m.thread_id, m.seq, m.created_at,
            NULL::text[] AS sources, NULL::timestamptz AS valid_from, NULL::timestamptz AS valid_to,
            m.tsv, 0 AS kind_order
-    FROM {s}.messages m, q
-    WHERE %(msg)s AND m.tenant_id = %(t)s AND m.user_id = %(u)s AND m.tsv @@ q.any_term
+    FROM {s}.messages m
+    WHERE %(msg)s AND %(m_rare)s::text IS NOT NULL AND m.tenant_id = %(t)s AND m.user_id = %(u)s
+      AND m.tsv @@ %(m_rare)s::tsquery
+    UNION ALL
+    (SELECT 'message', c.id, c.content, c.thread_id, c.seq, c.created_at, NULL, NULL, NULL, c.tsv, 0
+     FROM (SELECT s.thread_id FROM {s}.sessions s
+           WHERE %(msg)s AND %(m_common)s::text IS NOT NULL AND s.tenant_id = %(t)s AND s.user_id = %(u)s
+           ORDER BY s.updated_at DESC, s.thread_id DESC) th
+     CROSS JOIN LATERAL (
+         SELECT m.id, m.content, m.thread_id, m.seq, m.created_at, m.tsv FROM {s}.messages m
+         WHERE m.tenant_id = %(t)s AND m.user_id = %(u)s AND m.thread_id = th.thread_id
+           -- "IS TRUE": not an index condition, so the newest rows are read through the primary
+           -- key and the scan stops early (the lexical index would list every row with the term)
+           AND (m.tsv @@ %(m_common)s::tsquery) IS TRUE AND NOT coalesce(m.tsv @@ %(m_rare)s::tsquery, false)
+         ORDER BY m.seq DESC LIMIT %(recent)s) c
+     LIMIT %(recent)s)
     UNION ALL
     SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from, f.valid_to,
            f.tsv, 1
-    FROM {s}.facts f, q
-    WHERE %(fact)s AND f.tenant_id = %(t)s AND f.user_id = %(u)s AND f.valid_to IS NULL AND f.tsv @@ q.any_term
+    FROM {s}.facts f
+    WHERE %(fact)s AND %(f_rare)s::text IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
+      AND f.valid_to IS NULL AND f.tsv @@ %(f_rare)s::tsquery
+    UNION ALL
+    (SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from,
+            f.valid_to, f.tsv, 1
+     FROM {s}.facts f
+     WHERE %(fact)s AND %(f_common)s::text IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
+       AND f.valid_to IS NULL AND (f.tsv @@ %(f_common)s::tsquery) IS TRUE
+       AND NOT coalesce(f.tsv @@ %(f_rare)s::tsquery, false)
+     ORDER BY f.id DESC LIMIT %(recent)s)
+), counted AS (
+    SELECT d.*, ({matched}) AS matched FROM docs d
+), cut AS (  -- the limit-th largest term count: the limit-th best score is at least half its share
+    SELECT matched FROM counted ORDER BY matched DESC OFFSET %(limit)s - 1 LIMIT 1
 )
 SELECT d.kind, d.id, d.text, d.thread_id, d.seq, d.created_at, d.sources, d.valid_from, d.valid_to,
        greatest(0.0, least(1.0,
-           (SELECT count(*) FROM unnest(q.terms) AS term WHERE d.tsv @@ term)::float8 / q.n
-           * (1.0 + ts_rank(d.tsv, q.any_term, 32)) / 2.0)) AS score
-FROM docs d, q
+           d.matched::float8 / %(n)s * (1.0 + ts_rank(d.tsv, %(any)s::tsquery, 32)) / 2.0)) AS score
+FROM counted d
+-- a row scores below its share of terms (ts_rank / (1 + ts_rank) < 1): rows holding at most half
+-- the cut's terms cannot reach the result, and are not ranked
+WHERE 2 * d.matched > coalesce((SELECT matched FROM cut), 0)
 ORDER BY score DESC, d.kind_order, d.created_at, d.seq, d.id
 LIMIT %(limit)s
 """
