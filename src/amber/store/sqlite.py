@@ -579,6 +579,9 @@ class SQLiteStore(AuditedReads, Store):
     async def close(self) -> None:
         if self._closed:
             return
+        task = self._scrub_task
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([task])  # a timed scrub under way: let it finish (its errors are logged)
         if self._writer is not None and (self._scrub_owed_here or self._scrub_handle is not None):
             try:  # an erasure of this handle deferred its index scrub: do it before closing
                 await self.scrub_erasures()
