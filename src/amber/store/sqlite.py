@@ -2115,11 +2115,11 @@ def _fts_candidates(
     ``scope`` (a ``scope : "<token>"`` filter) makes FTS5 look at one user's rows only; the caller
     still checks tenant and user on every row it returns. FTS5's bm25 costs about a microsecond per
     matching row plus a scan of each query phrase's whole doclist, so a term found in most of a
-    user's 100,000 rows would cost ~100 ms. When the query matches more than _COMMON_TERM_ROWS
-    rows, each term is probed (unranked, stopping at that count): rows matching the rarer terms
-    are all ranked by bm25 over those terms; rows matching only the common terms (whose bm25
-    weight is near zero anyway) are added as the most recent ``4 * limit`` of them, with rank 0
-    (score 0). Counting and most-recent-first are streamed by FTS5 and stop early.
+    user's 100,000 rows would cost ~100 ms. Each term is probed (unranked, stopping at
+    _COMMON_TERM_ROWS + 1): rows matching the rarer terms are all ranked by bm25 over those terms;
+    rows matching only the common terms (whose bm25 weight is near zero anyway) are added as the
+    most recent ``4 * limit`` of them, with rank 0 (score 0). Counting and most-recent-first are
+    streamed by FTS5 and stop early.
     """
     def any_of(ts: list[str]) -> str:
         text = f"{column} : ({' OR '.join(ts)})"
@@ -2136,10 +2136,12 @@ def _fts_candidates(
             f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? ORDER BY rank, rowid LIMIT ?", (query, n)
         ).fetchall()
 
-    if count(any_of(terms)) <= _COMMON_TERM_ROWS:
-        return dict(ranked(any_of(terms), limit))
+    # Per-term counts decide alone: when every term is rare, all matching rows are ranked (what a
+    # union count of at most _COMMON_TERM_ROWS leads to as well), without counting the union.
     rare = [t for t in terms if count(any_of([t])) <= _COMMON_TERM_ROWS]
     common = [t for t in terms if t not in rare]
+    if not common:
+        return dict(ranked(any_of(terms), limit))
     found: dict[int, float] = dict(ranked(any_of(rare), limit)) if rare else {}
     if common:
         for (rowid,) in conn.execute(
