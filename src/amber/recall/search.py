@@ -362,6 +362,11 @@ class Recall:
                 seeds.setdefault(term.lower(), hit)
         if not seeds:
             return ranked
+        # A find ranks at its seed's score times bridge_weight, below every hit scoring more: when
+        # the limit-th hit already does, nothing found could enter the answer, so skip the lookup.
+        if len(ranked) >= limit and ranked[limit - 1].score > max(
+                hit.score * self.bridge_weight for hit in seeds.values()):
+            return ranked
         found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
                                                   kinds=kinds))
         present = {(h.kind, h.id) for h in ranked[:limit]}
