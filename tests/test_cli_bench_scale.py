@@ -54,6 +54,18 @@ def test_bench_scale_uses_the_global_store_and_cleans_up(tmp_path) -> None:
             await store.close()
 
     assert asyncio.run(users_left()) == []  # the benchmark's users were deleted (audited) afterwards
+    # One deferred scrub after the deletions, awaited before the command returned: nothing is owed.
+    assert doc["cleanup"]["users"] == 2 and "one scrub" in doc["cleanup"]["scrub"]
+    assert "cleanup: deleted 2 users" in r.stdout
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "real.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM fts_scrub_owed").fetchone()[0] == 0
+        erasures = conn.execute("SELECT count(*) FROM audit WHERE operation = 'user.delete'").fetchone()[0]
+    finally:
+        conn.close()
+    assert erasures == 2
 
 
 def test_bench_scale_refuses_bad_input_cleanly() -> None:
