@@ -208,3 +208,69 @@ async def test_minilm_small_calls_use_one_thread_and_give_the_same_vectors() -> 
     assert torch.get_num_threads() == before  # restored after the call
     b = (await plain.embed(["where is my claim C-7788?"]))[0]
     assert np.allclose(a, b, atol=1e-5)
+
+
+# -- PostgreSQL without pgvector: the same index, kept in step through the user's vector stamp ------
+
+async def _seed_pg(store: amber.Store, tenant: str, n: int, vecs: np.ndarray, thread: str = "t") -> list[str]:
+    ids: list[str] = []
+    for start in range(0, n, 500):
+        msgs = await store.append(SessionKey(tenant, "u", thread),
+                                  [NewMessage("user", f"m{i}") for i in range(start, min(n, start + 500))])
+        await store.put_vectors(tenant, "u", "toy", [
+            VectorItem("message", m.id, tuple(map(float, vecs[start + j]))) for j, m in enumerate(msgs)])
+        ids.extend(m.id for m in msgs)
+    return ids
+
+
+@pytest.mark.postgres
+async def test_postgres_uses_the_graph_and_other_handles_changes_reach_it() -> None:
+    """Two handles stand for two processes: the reader's graph-backed index takes the writer's
+    appends incrementally (same index object, stamp high-water mark), and its re-embeddings and
+    erasures through the key comparison."""
+    import uuid
+
+    from conftest import POSTGRES_URL
+
+    url = f"{POSTGRES_URL}?schema=amber_conformance&vector_ann_threshold=1000"
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    x = _clustered(2600, 16, seed=10)
+    async with await amber.open_store(url) as reader, await amber.open_store(url) as writer:
+        try:
+            ids = await _seed_pg(writer, tenant, 2000, x)
+            hits = await reader.search_vectors(tenant, "u", "toy", tuple(map(float, x[7])), limit=5)
+            assert hits[0].id == ids[7] and 0.0 <= min(h.score for h in hits) <= max(h.score for h in hits) <= 1.0
+            assert await reader.wait_vector_indexes(timeout=300)
+            assert reader.vector_index_stats()[f"{tenant}/u/toy"]["message"]["ann"]
+            entry = reader._vector_cache[(tenant, "u", "toy", 16)]
+            more = await _seed_pg(writer, tenant, 600, x[2000:], thread="t2")  # appended: read past the mark
+            assert (await reader.search_vectors(tenant, "u", "toy", tuple(map(float, x[2300])), limit=1))[0].id == more[300]
+            assert reader._vector_cache[(tenant, "u", "toy", 16)] is entry and len(entry.index) == 2600
+            # Re-embedding replaces a vector: the old one is never ranked again.
+            await writer.put_vectors(tenant, "u", "toy", [VectorItem("message", ids[5], tuple(map(float, x[2599])))])
+            hits = await reader.search_vectors(tenant, "u", "toy", tuple(map(float, x[5])), limit=3)
+            assert not any(h.id == ids[5] and h.score > 0.999 for h in hits)
+            top = await reader.search_vectors(tenant, "u", "toy", tuple(map(float, x[2599])), limit=2)
+            assert {h.id for h in top} == {ids[5], more[599]}
+            assert reader._vector_cache[(tenant, "u", "toy", 16)] is entry and len(entry.index) == 2600  # never reloaded
+            assert reader.vector_index_stats()[f"{tenant}/u/toy"]["message"]["ann"]
+            # Another handle deletes the first session: its vectors leave the index.
+            await writer.delete_session(SessionKey(tenant, "u", "t"))
+            hits = await reader.search_vectors(tenant, "u", "toy", tuple(map(float, x[7])), limit=50)
+            assert hits and not set(ids) & {h.id for h in hits}
+            assert len(entry.index) == 600
+        finally:
+            await writer.delete_user(tenant, "u")
+
+
+@pytest.mark.postgres
+async def test_postgres_ann_threshold_option() -> None:
+    from conftest import POSTGRES_URL
+
+    store = await amber.open_store(f"{POSTGRES_URL}?schema=amber_conformance&vector_ann_threshold=off")
+    try:
+        assert store._vector_ann_threshold is None
+    finally:
+        await store.close()
+    with pytest.raises(InvalidInput):
+        await amber.open_store(f"{POSTGRES_URL}?schema=amber_conformance&vector_ann_threshold=-1")

@@ -69,6 +69,7 @@ from ..records import (
 )
 from . import postgres_schema as schema_mod
 from ..governance.audit import AuditedReads
+from .vector_index import ANN_THRESHOLD, VectorIndex
 from .base import (
     SUPERSEDED_HISTORY,
     Capability,
@@ -98,18 +99,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class _VectorMatrix:
-    """One user's vectors of one (model, dim), unit-normalised, as of stamp ``version``."""
+class _UserVectors:
+    """One user's vectors of one (model, dim) in an in-process :class:`VectorIndex` (exact below its
+    threshold, an HNSW graph above), as of stamp ``index.version`` / ``index.rewrites``.
 
-    version: int
-    count: int  # the user's vectors of every model (vector_stamps.n): decides exact vs index
-    ids: list[str]
-    is_fact: Any  # numpy bool array
-    matrix: Any  # numpy float32 (n, dim)
+    The index's row ids are assigned here (PostgreSQL rows have no stable integer id): ``keys``
+    maps ``(kind, item_id)`` to that row id and the row's ``xmin`` when it was read (any update of
+    the row changes it), for the key comparison after deletes and updates."""
+
+    index: VectorIndex
+    keys: dict[tuple[str, str], tuple[int, int]]
+    next_rowid: int = 1
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes) + 100 * len(self.ids)
+        return int(self.index.nbytes) + 120 * len(self.keys)
 
 
 @dataclass(slots=True)
@@ -145,9 +149,11 @@ _OPTION_TYPES: dict[str, type] = {
     "cache": str,  # consumed by open_store (Redis layer); never sent to libpq
     "vector_cache_mb": int,
     "exact_vector_max": int,
+    "vector_ann_threshold": str,  # an integer, or "off" (always exact)
 }
-# A user with at most this many vectors of a model is searched exactly on the client, over a cached
-# float32 matrix (about 1 ms); larger users go to the HNSW index when pgvector is there.
+# With pgvector, a user with at most this many vectors is searched on the client (in-process index,
+# exact at this size: about 1 ms); larger users go to pgvector's HNSW index. Without pgvector every
+# user is searched on the client: exact below ``vector_ann_threshold``, an in-process graph above.
 _CLIENT_EXACT_MAX = 20_000
 _HNSW_MAX_DIM = 2000
 _RECENT_S = 1.0  # a pooled connection used this recently is not probed before reuse  # pgvector's limit for HNSW on the vector type; larger dims are searched exactly
@@ -261,8 +267,9 @@ class PostgresStore(AuditedReads, Store):
         require_native_vectors: bool = False,
         allow_unsafe: bool = False,
         limits: StoreLimits | None = None,
-        vector_cache_mb: int = 256,
+        vector_cache_mb: int = 512,
         exact_vector_max: int = _CLIENT_EXACT_MAX,
+        vector_ann_threshold: int | str | None = ANN_THRESHOLD,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
             raise InvalidStoreURL(
@@ -304,9 +311,20 @@ class PostgresStore(AuditedReads, Store):
         self._indexed: set[tuple[str, int]] = set()
         if not isinstance(vector_cache_mb, int) or vector_cache_mb < 0:
             raise InvalidInput("vector_cache_mb must be a non-negative integer")
-        # (tenant, user, model, dim) -> _VectorMatrix, least recently used first; bounded in bytes.
-        self._vector_cache: collections.OrderedDict[tuple[str, str, str, int], _VectorMatrix] = (
+        # (tenant, user, model, dim) -> _UserVectors, least recently used first; bounded in bytes
+        # (the most recently searched user stays, whatever its size).
+        self._vector_cache: collections.OrderedDict[tuple[str, str, str, int], _UserVectors] = (
             collections.OrderedDict())
+        self._vector_locks: dict[tuple[str, str, str, int], asyncio.Lock] = {}  # one refresh at a time per user
+        if vector_ann_threshold is None or str(vector_ann_threshold).lower() in ("none", "off"):
+            self._vector_ann_threshold: int | None = None
+        else:
+            try:
+                self._vector_ann_threshold = int(vector_ann_threshold)
+            except (TypeError, ValueError):
+                self._vector_ann_threshold = -1
+            if isinstance(vector_ann_threshold, bool) or self._vector_ann_threshold < 0:
+                raise InvalidInput("vector_ann_threshold must be a non-negative integer or 'off'")
         self._vector_cache_budget = vector_cache_mb * 1024 * 1024
         if not isinstance(exact_vector_max, int) or exact_vector_max < 0:
             raise InvalidInput("exact_vector_max must be a non-negative integer")
@@ -454,6 +472,8 @@ class PostgresStore(AuditedReads, Store):
 
             logging.getLogger("amber.audit").error("audit: read entries lost at close of %s: %s", self.url, exc)
         self._closed = True
+        for entry in self._vector_cache.values():
+            entry.index.close()  # stop background graph builds
         await self._pool.close()
 
     async def analyze(self) -> None:
@@ -483,7 +503,9 @@ class PostgresStore(AuditedReads, Store):
             "autovacuum": self._settings.get("autovacuum"),
             "allow_unsafe": self._allow_unsafe,
             "schema_version": {track: version for track, version in rows},
-            "vectors": "pgvector" if self._vs is not None else "exact (real[])",
+            "vectors": "pgvector" if self._vs is not None else (
+                "exact (real[]), in-process" if self._vector_ann_threshold is None else
+                f"exact (real[]), in-process; HNSW graph above {self._vector_ann_threshold} vectors of a user"),
             "text_search_config": schema_mod.TEXT_SEARCH_CONFIG,
             "pool": self._pool.get_stats(),
             "write_operations": self._append_calls,
@@ -1537,12 +1559,20 @@ class PostgresStore(AuditedReads, Store):
             raise InvalidInput(f"a vector component is out of float32 range: {exc}") from exc
         async with self._tx() as conn:
             await self._user_lock(conn, tenant, user, exclusive=False)
+            # The user's stamp row, locked until COMMIT: the version taken here marks the rows
+            # stored below, so marks are handed out in commit order (readers load ``stamp > seen``).
+            cur = await conn.execute(
+                self._sql("INSERT INTO {s}.vector_stamps AS st (tenant_id, user_id, version, n) VALUES (%s, %s, 1, 0) "
+                          "ON CONFLICT (tenant_id, user_id) DO UPDATE SET version = st.version + 1 RETURNING version"),
+                (tenant, user))
+            (stamp,) = await cur.fetchone()
             # Only for records that exist (under the user's shared lock): a late learner must not
             # leave vectors -- a lossy copy of the text -- of erased records behind.
             cur = await conn.execute(
                 self._sql(
-                    f"INSERT INTO {{s}}.vectors AS v (tenant_id, user_id, model, kind, item_id, dim, {column}, vec) "
-                    f"SELECT %(t)s, %(u)s, %(m)s, k, i, d, e::{cast}, b "
+                    f"INSERT INTO {{s}}.vectors AS v (tenant_id, user_id, model, kind, item_id, dim, {column}, vec, "
+                    "stamp) "
+                    f"SELECT %(t)s, %(u)s, %(m)s, k, i, d, e::{cast}, b, %(stamp)s "
                     "FROM unnest(%(k)s::text[], %(i)s::text[], %(d)s::int[], %(e)s::text[], %(b)s::bytea[]) "
                     "AS t(k, i, d, e, b) "
                     "WHERE (k = 'message' AND EXISTS (SELECT 1 FROM {s}.messages m WHERE m.tenant_id = %(t)s "
@@ -1550,10 +1580,10 @@ class PostgresStore(AuditedReads, Store):
                     "OR (k = 'fact' AND EXISTS (SELECT 1 FROM {s}.facts f WHERE f.tenant_id = %(t)s "
                     "  AND f.user_id = %(u)s AND f.id = i)) "
                     "ON CONFLICT (tenant_id, user_id, model, kind, item_id) "
-                    f"DO UPDATE SET dim = excluded.dim, {column} = excluded.{column}, vec = excluded.vec "
-                    "RETURNING v.kind, v.item_id"
+                    f"DO UPDATE SET dim = excluded.dim, {column} = excluded.{column}, vec = excluded.vec, "
+                    "stamp = excluded.stamp RETURNING v.kind, v.item_id"
                 ),
-                {"t": tenant, "u": user, "m": model, "k": [k for k, _ in rows], "i": [i for _, i in rows],
+                {"t": tenant, "u": user, "m": model, "stamp": stamp, "k": [k for k, _ in rows], "i": [i for _, i in rows],
                  "d": [len(v) for v in rows.values()], "e": texts, "b": blobs},
             )
             stored = sorted((k, i) for k, i in await cur.fetchall())
@@ -1645,124 +1675,159 @@ class PostgresStore(AuditedReads, Store):
         hits.sort(key=lambda h: (-h.score, h.kind, h.id))
         return self._read_hits(tenant, user, "search.vector", hits)
 
-    async def _load_vectors(self, tenant: str, user: str, model: str, dim: int) -> _VectorMatrix:
-        """The user's stamp, and (when the user is small enough, or there is no index to use) its
-        vectors of (model, dim) as a unit-normalised float32 matrix, read in one snapshot."""
-        np = _numpy()
-        async with self._tx() as conn:
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute(
-                self._sql("SELECT version, n FROM {s}.vector_stamps WHERE tenant_id = %s AND user_id = %s"),
-                (tenant, user))
-            row = await cur.fetchone()
-            version, count = (0, 0) if row is None else (int(row[0]), int(row[1]))
-            ids: list[str] = []
-            blobs: list[bytes] = []
-            kinds: list[bool] = []
-            if count and (self._vs is None or count <= self._exact_vector_max or dim > _HNSW_MAX_DIM):
-                cur = await conn.execute(
-                    self._sql("SELECT kind = 'fact', item_id, vec FROM {s}.vectors WHERE tenant_id = %s "
-                              "AND user_id = %s AND model = %s AND dim = %s AND vec IS NOT NULL ORDER BY kind, item_id"),
-                    (tenant, user, model, dim), binary=True)
-                for is_fact, item_id, blob in await cur.fetchall():
-                    kinds.append(is_fact)
-                    ids.append(item_id)
-                    blobs.append(blob)
-            elif count:
-                return _VectorMatrix(version, count, [], np.zeros(0, dtype=bool), None)
-        matrix = np.frombuffer(b"".join(blobs), dtype=">f4").astype(np.float32).reshape(len(ids), dim)
-        norms = np.linalg.norm(matrix, axis=1)
-        norms[norms == 0] = 1.0
-        matrix /= norms[:, None]
-        return _VectorMatrix(version, count, ids, np.array(kinds, dtype=bool), matrix)
+    async def _refresh_vectors(
+        self, tenant: str, user: str, model: str, dim: int,
+    ) -> tuple[_UserVectors | None, bool]:
+        """The user's vectors of (model, dim) brought up to the user's current stamp, reading only
+        what changed; ``(None, True)``: search pgvector's HNSW index instead (a large user).
 
-    def _cache_vectors(self, ck: tuple[str, str, str, int], entry: _VectorMatrix) -> None:
-        old = self._vector_cache.pop(ck, None)
-        if old is not None and old.matrix is not None:
-            self._vector_cache_bytes -= old.nbytes
-        if entry.matrix is None or entry.nbytes > self._vector_cache_budget:
-            return
-        self._vector_cache[ck] = entry
-        self._vector_cache_bytes += entry.nbytes
-        while self._vector_cache_bytes > self._vector_cache_budget:
-            _, dropped = self._vector_cache.popitem(last=False)
+        In one snapshot: the stamp row, then -- when only ``version`` moved -- the rows stamped after
+        the index's high-water mark (``put_vectors`` writes its own version into every row, under
+        the stamp row's lock, so marks follow commit order); when ``rewrites`` moved (deletes,
+        updates), the user's (kind, item_id, xmin) keys, compared with the index: vanished or changed
+        rows leave it (erasure reaches the index), new or changed ones are read and added. Only the
+        first load reads every vector; the HNSW graph (built in the background) survives refreshes."""
+        np = _numpy()
+        ck = (tenant, user, model, dim)
+        lock = self._vector_locks.setdefault(ck, asyncio.Lock())
+        async with lock:
+            entry = self._vector_cache.get(ck)
+            before = entry.nbytes if entry is not None else 0
+            async with self._tx() as conn:
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur = await conn.execute(
+                    self._sql("SELECT version, n, rewrites FROM {s}.vector_stamps WHERE tenant_id = %s AND user_id = %s"),
+                    (tenant, user))
+                row = await cur.fetchone()
+                version, count, rewrites = (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+                if self._vs is not None and count > self._exact_vector_max and dim <= _HNSW_MAX_DIM:
+                    self._drop_vectors(ck)
+                    return None, True
+                if entry is not None and entry.index.version >= version and entry.index.rewrites >= rewrites:
+                    return entry, False  # refreshed by another query meanwhile
+                where = ("FROM {s}.vectors WHERE tenant_id = %(t)s AND user_id = %(u)s AND model = %(m)s "
+                         "AND dim = %(d)s AND vec IS NOT NULL")
+                params: dict[str, Any] = {"t": tenant, "u": user, "m": model, "d": dim}
+                cols = "SELECT kind, item_id, xmin::text::bigint, vec "
+                if entry is not None and entry.index.rewrites == rewrites:
+                    params["hw"] = entry.index.high_water
+                    cur = await conn.execute(self._sql(cols + where + " AND stamp > %(hw)s ORDER BY stamp, kind, item_id"),
+                                             params, binary=True)
+                    rows = await cur.fetchall()
+                elif entry is not None:
+                    cur = await conn.execute(self._sql("SELECT kind, item_id, xmin::text::bigint " + where), params)
+                    current = {(k, i): x for k, i, x in await cur.fetchall()}
+                    changed = [key for key, (_, x) in entry.keys.items() if current.get(key) != x]
+                    entry.index.remove([entry.keys.pop(key)[0] for key in changed])
+                    new = [key for key in current if key not in entry.keys]
+                    rows = []
+                    for lo in range(0, len(new), 5000):
+                        chunk = new[lo: lo + 5000]
+                        params["k"], params["i"] = [k for k, _ in chunk], [i for _, i in chunk]
+                        cur = await conn.execute(self._sql(
+                            cols + where + " AND (kind, item_id) IN (SELECT * FROM unnest(%(k)s::text[], %(i)s::text[]))"
+                            " ORDER BY kind, item_id"), params, binary=True)
+                        rows.extend(await cur.fetchall())
+                else:
+                    cur = await conn.execute(self._sql(cols + where + " ORDER BY kind, item_id"), params, binary=True)
+                    rows = await cur.fetchall()
+            if ck not in self._vector_cache:
+                before = 0
+            if entry is None:
+                entry = _UserVectors(VectorIndex(dim, ann_threshold=self._vector_ann_threshold), {})
+            if rows:
+                replaced = [entry.keys.pop((k, i))[0] for k, i, _, _ in rows if (k, i) in entry.keys]
+                entry.index.remove(replaced)
+                rowids = list(range(entry.next_rowid, entry.next_rowid + len(rows)))
+                entry.next_rowid += len(rows)
+                matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype=">f4").astype(np.float32).reshape(len(rows), dim)
+                entry.index.add(rowids, [r[0] for r in rows], [r[1] for r in rows], matrix)
+                entry.keys.update(((k, i), (rid, int(x))) for (k, i, x, _), rid in zip(rows, rowids))
+            entry.index.version, entry.index.rewrites, entry.index.high_water = version, rewrites, version
+            self._vector_cache[ck] = entry
+            self._vector_cache.move_to_end(ck)
+            self._vector_cache_bytes += entry.nbytes - before
+            while self._vector_cache_bytes > self._vector_cache_budget and len(self._vector_cache) > 1:
+                self._drop_vectors(next(iter(self._vector_cache)))  # the least recently searched user
+            return entry, False
+
+    def _drop_vectors(self, ck: tuple[str, str, str, int]) -> None:
+        dropped = self._vector_cache.pop(ck, None)
+        if dropped is not None:
             self._vector_cache_bytes -= dropped.nbytes
+            dropped.index.close()
+        lock = self._vector_locks.get(ck)
+        if lock is not None and not lock.locked():
+            del self._vector_locks[ck]
+
+    async def wait_vector_indexes(self, timeout: float | None = None) -> bool:
+        """Wait until cached in-process vector indexes have finished background graph work
+        (benchmarks and tests; searches never wait: they go exact meanwhile). True if none is building."""
+        done = [await asyncio.to_thread(e.index.wait_ready, timeout) for e in list(self._vector_cache.values())]
+        return all(done)
+
+    def vector_index_stats(self) -> dict[str, Any]:
+        """Cached in-process vector indexes: per ``tenant/user/model``, rows and route per kind."""
+        return {"/".join(k[:3]): e.index.stats() for k, e in self._vector_cache.items()}
 
     async def _search_vectors_client(
         self, tenant: str, user: str, model: str, q: list[float], limit: int, want_msg: bool, want_fact: bool,
     ) -> list[Hit] | None:
-        """Exact cosine search in numpy over the user's cached matrix; one round trip per query
-        (the candidates' records and the user's current stamp). None: use the HNSW index instead.
+        """Search the user's cached in-process index (exact cosine scores; an HNSW graph proposes the
+        candidates of a large user); one round trip per query (the candidates' records and the
+        user's current stamp). None: use pgvector's HNSW index instead.
 
-        The cache is keyed by the user's stamp, which a trigger bumps in the same transaction as
-        every change to the user's vectors: a query that finds another stamp reloads and searches
-        again, so no committed vector is missed."""
+        The index is as of a stamp a trigger bumps in the same transaction as every change to the
+        user's vectors: a query that finds a newer stamp catches up (reading only what changed) and
+        searches again before it answers, so no committed vector is missed."""
         np = _numpy()
         dim = len(q)
         ck = (tenant, user, model, dim)
         qv = np.asarray(q, dtype=np.float32)
-        qv /= float(np.linalg.norm(qv)) or 1.0
+        wanted = tuple(k for k, w in (("message", want_msg), ("fact", want_fact)) if w)
         entry = self._vector_cache.get(ck)
         if entry is not None:
             self._vector_cache.move_to_end(ck)
-        reloaded = False
+        refreshed = False
         while True:
             if entry is None:
-                entry = await self._load_vectors(tenant, user, model, dim)
-                reloaded = True
-                self._cache_vectors(ck, entry)
-            if entry.matrix is None:
-                return None
-            hits, version = await self._rank_and_fetch(tenant, user, entry, qv, limit, want_msg, want_fact)
-            if version == entry.version or reloaded:
-                # After a reload the matrix is at least as new as this query: a write that landed
+                entry, _ = await self._refresh_vectors(tenant, user, model, dim)
+                refreshed = True
+                if entry is None:
+                    return None
+            hits, version = await self._rank_and_fetch(tenant, user, entry.index, qv, limit, wanted)
+            if version <= entry.index.version or refreshed:
+                # After a refresh the index is at least as new as this query: a write that landed
                 # since is one the query may or may not see, as with any concurrent write.
                 return hits
-            self._vector_cache.pop(ck, None)
-            if entry.matrix is not None:
-                self._vector_cache_bytes -= entry.nbytes
             entry = None
 
     async def _rank_and_fetch(
-        self, tenant: str, user: str, entry: _VectorMatrix, qv: Any, limit: int, want_msg: bool, want_fact: bool,
+        self, tenant: str, user: str, index: VectorIndex, qv: Any, limit: int, wanted: tuple[str, ...],
     ) -> tuple[list[Hit], int]:
-        np = _numpy()
-        n = len(entry.ids)
-        # einsum, not a BLAS matrix-vector product: BLAS starts threads that, on a busy small
-        # machine, cost more than the product (measured 0.22 ms single-threaded vs 1.8 ms for
-        # 3,000 x 384); einsum is one single-threaded pass however many rows there are.
-        dots = np.einsum("ij,j->i", entry.matrix, qv) if n else np.empty(0, dtype=np.float32)
-        scores = np.clip((1.0 + dots) / 2.0, 0.0, 1.0)
-        if n and not (want_msg and want_fact):
-            scores = np.where(entry.is_fact if want_fact else ~entry.is_fact, scores, -1.0)
-        # A little over the limit (the search is exact, so this changes only how many records are
-        # fetched); the loop below widens when too many candidates were deleted or superseded.
-        take = min(n, limit + max(16, limit // 4))
-        seen = 0
+        total = index.count(wanted)
+        # A little over the limit: most candidates are live, and a short list keeps a graph search
+        # cheap; the loop below widens when too many candidates were deleted or superseded.
+        take = min(total, limit + max(16, limit // 4))
+        checked: set[int] = set()
         hits: list[Hit] = []
-        version = entry.version
+        version = index.version
         while True:
-            if take < n:
-                threshold = np.partition(scores, n - take)[n - take]
-                cand = np.nonzero(scores >= threshold)[0]
-            else:
-                cand = np.arange(n)
-            cand = cand[scores[cand] >= 0.0]
-            order = cand[np.lexsort((cand, -scores[cand]))]
-            batch = order[seen:].tolist()
-            kinds = ["fact" if f else "message" for f in entry.is_fact[batch].tolist()]
-            item_ids = [entry.ids[i] for i in batch]
-            rows = await self._fetchall(_VECTOR_HITS_SQL, {"t": tenant, "u": user, "k": kinds, "i": item_ids})
+            # Exact cosine scores, best first (ties: older rows first). A wider round may surface
+            # candidates a narrower graph search missed, so track rows, not a prefix.
+            batch = [c for c in index.search(qv, take, kinds=wanted) if c.rowid not in checked] if take else []
+            checked.update(c.rowid for c in batch)
+            rows = await self._fetchall(_VECTOR_HITS_SQL, {"t": tenant, "u": user, "k": [c.kind for c in batch],
+                                                           "i": [c.item_id for c in batch]})
             version = int(rows[0][0]) if rows and rows[0][0] is not None else 0
             found = {(r[1], r[2]): r[1:] for r in rows if r[1] is not None}
-            for i, kind, item_id in zip(batch, kinds, item_ids):
-                row = found.get((kind, item_id))
+            for c in batch:
+                row = found.get((c.kind, c.item_id))
                 if row is not None:  # deleted or superseded records are skipped
-                    hits.append(self._hit((*row, float(scores[i])), tenant, user, "vector"))
-            if len(hits) >= limit or take >= n or version != entry.version:
+                    hits.append(self._hit((*row, min(1.0, max(0.0, (1.0 + c.score) / 2.0))), tenant, user, "vector"))
+            if len(hits) >= limit or take >= total or version != index.version:
                 break
-            seen = len(order)
-            take = min(n, take * 4)
+            take = min(total, take * 4)
         hits.sort(key=lambda h: (-h.score, h.kind, h.id))
         return hits[:limit], version
 

@@ -214,6 +214,38 @@ DROP INDEX {s}.audit_erasures;
 CREATE INDEX audit_erasures ON {s}.audit (tenant_id, user_id)
     WHERE operation IN ('session.delete', 'user.delete', 'retention.prune', 'message.delete');
 """),
+    # An ordered high-water mark for the client's in-process vector index: put_vectors takes the
+    # user's stamp row lock first (bumping its version) and writes that version into every row it
+    # stores, so stamps are handed out in commit order per user and a reader holding stamp version
+    # V has seen every row with ``stamp <= V``. ``rewrites`` moves when rows were changed in a way
+    # that mark cannot show (deletes, updates, rows stored without a stamp): the reader then
+    # compares keys instead.
+    Migration(5, "vector stamps as an ordered high-water mark (incremental client-side index)", """
+ALTER TABLE {s}.vectors ADD COLUMN stamp bigint;
+ALTER TABLE {s}.vector_stamps ADD COLUMN rewrites bigint NOT NULL DEFAULT 0;
+CREATE INDEX vectors_by_stamp ON {s}.vectors (tenant_id, user_id, stamp);
+CREATE OR REPLACE FUNCTION {s}.vector_stamps_bump() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {s}.vector_stamps AS st (tenant_id, user_id, version, n, rewrites)
+        SELECT tenant_id, user_id, 1, count(*), (count(*) FILTER (WHERE stamp IS NULL) > 0)::int
+        FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (tenant_id, user_id) DO UPDATE
+        SET version = st.version + 1, n = st.n + excluded.n, rewrites = st.rewrites + excluded.rewrites;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {s}.vector_stamps AS st (tenant_id, user_id, version, n, rewrites)
+        SELECT tenant_id, user_id, 1, 0, 1 FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (tenant_id, user_id) DO UPDATE SET version = st.version + 1, rewrites = st.rewrites + 1;
+    ELSE
+        INSERT INTO {s}.vector_stamps AS st (tenant_id, user_id, version, n, rewrites)
+        SELECT tenant_id, user_id, 1, -count(*), 1 FROM old_rows GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (tenant_id, user_id) DO UPDATE
+        SET version = st.version + 1, n = st.n + excluded.n, rewrites = st.rewrites + 1;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"""),
 )
 
 PGVECTOR: tuple[Migration, ...] = (
