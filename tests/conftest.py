@@ -58,3 +58,30 @@ def start_amber_serve(args: Sequence[str], env: Mapping[str, str], log_path: Pat
             proc.wait()
             raise RuntimeError("amber serve did not start:\n" + log_path.read_text())
         time.sleep(0.1)
+
+
+async def fill_common_and_rare_terms(store, crowd: int = 0) -> None:
+    """One user ("t", "u") with 3,001 rows holding "policy" (a common term for every backend's
+    bounded lexical path) and one old row that also holds "zebra"; ``crowd`` rows of another tenant
+    with the same user id and the same words."""
+    from amber.keys import SessionKey
+    from amber.records import NewMessage
+
+    key = SessionKey("t", "u", "many")
+    await store.append_one(key, NewMessage("user", "policy zebra noted long ago"))
+    for b in range(3):
+        await store.append(key, [NewMessage("user", f"policy renewal {b}-{i}") for i in range(1000)])
+    for b in range(0, crowd, 1000):
+        await store.append(SessionKey("other", "u", f"c{b}"),
+                           [NewMessage("user", f"policy zebra elsewhere {i}") for i in range(1000)])
+
+
+async def check_common_and_rare_terms(store) -> None:
+    """After fill_common_and_rare_terms: the rare term still finds its one old row first, a common
+    term alone fills the limit, and no row of another tenant ever comes back."""
+    hits = await store.search_text("t", "u", "policy zebra", limit=5)
+    assert hits[0].text == "policy zebra noted long ago"
+    common = await store.search_text("t", "u", "policy", limit=7)
+    assert len(common) == 7 and all(0.0 <= h.score <= 1.0 for h in hits + common)
+    assert all(h.tenant == "t" and h.user == "u" and "elsewhere" not in h.text for h in hits + common)
+    assert await store.search_text("t", "u", "elsewhere") == []

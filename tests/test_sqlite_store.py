@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import amber
 from amber import NewFact, NewMessage, SessionKey
+from conftest import check_common_and_rare_terms, fill_common_and_rare_terms
 from amber.records import VectorItem
 
 
@@ -157,20 +158,9 @@ def test_bench_store_command_prints_one_json_object_last(tmp_path: Path) -> None
 async def test_common_terms_cost_bounded_work_and_rare_terms_still_win(url: str, crowd: int) -> None:
     """A term in most of a user's rows (over _COMMON_TERM_ROWS) takes the bounded path; a rare term
     still finds its one old row first, and no row of another tenant or user ever comes back."""
-    key = SessionKey("t", "u", "many")
     async with await amber.open_store(url) as store:
-        await store.append_one(key, NewMessage("user", "policy zebra noted long ago"))
-        for b in range(3):
-            await store.append(key, [NewMessage("user", f"policy renewal {b}-{i}") for i in range(1000)])
-        for b in range(0, crowd, 1000):  # another tenant with the same user id and the same words
-            await store.append(SessionKey("other", "u", f"c{b}"),
-                               [NewMessage("user", f"policy zebra elsewhere {i}") for i in range(1000)])
-        hits = await store.search_text("t", "u", "policy zebra", limit=5)
-        assert hits[0].text == "policy zebra noted long ago"
-        common = await store.search_text("t", "u", "policy", limit=7)
-        assert len(common) == 7 and all(0.0 <= h.score <= 1.0 for h in hits + common)
-        assert all(h.tenant == "t" and h.user == "u" and "elsewhere" not in h.text for h in hits + common)
-        assert await store.search_text("t", "u", "elsewhere") == []
+        await fill_common_and_rare_terms(store, crowd)
+        await check_common_and_rare_terms(store)
 
 
 async def test_facts_of_a_user_who_holds_most_messages_are_found_when_others_facts_crowd_them(url: str) -> None:
