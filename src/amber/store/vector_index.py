@@ -124,7 +124,11 @@ class _Part:
     def append(self, rowids: Any, ids: Sequence[str], vectors: Any) -> None:
         np = _numpy()
         n, m = self.n, self.n + len(ids)
-        if m > self.buf.shape[0]:
+        if n == 0 and m > self.buf.shape[0]:  # first fill (a user's first search): exact size, no spare
+            self.buf = np.empty((m, self.dim), dtype=np.float32)
+            self.rowids = np.empty(m, dtype=np.int64)
+            self.live = np.empty(m, dtype=bool)
+        elif m > self.buf.shape[0]:
             capacity = max(m + m // 2, 1024)
             buf = np.zeros((capacity, self.dim), dtype=np.float32)
             rids = np.zeros(capacity, dtype=np.int64)
@@ -223,8 +227,7 @@ class VectorIndex:
         if mat.shape[1] != self.dim:
             raise InvalidInput(f"vectors have {mat.shape[1]} dimensions; this index holds {self.dim}")
         norms = np.linalg.norm(mat, axis=1)
-        norms[norms == 0] = 1.0
-        mat = mat / norms[:, None]
+        norms[norms == 0] = 1.0  # each kind's rows are normalised in their own fresh copy below
         rids = np.asarray(rowids, dtype=np.int64)
         kind_arr = np.asarray(kinds)
         bad = set(kinds) - set(_KINDS)
@@ -234,7 +237,9 @@ class VectorIndex:
             for kind, p in self._parts.items():
                 sel = np.flatnonzero(kind_arr == kind)
                 if len(sel):
-                    p.append(rids[sel], [item_ids[i] for i in sel.tolist()], mat[sel])
+                    part = mat[sel] if len(sel) < len(rids) else mat.copy()
+                    part /= norms[sel, None]
+                    p.append(rids[sel], [item_ids[i] for i in sel.tolist()], part)
             for kind in _KINDS:
                 self._maintain(kind)
 
