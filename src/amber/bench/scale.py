@@ -91,14 +91,16 @@ async def _embedded_vectors(embedder: Any, texts: Sequence[str], cache: Path) ->
 
 # Which recall stage each store call belongs to (search_text: the first call of a query is the
 # lexical search, later ones are the multi-hop bridge lookup).
-_STAGE_OF = {"search_text": "lexical", "search_vectors": "vector", "superseded_sources": "facts",
+_STAGE_OF = {"search_text": "lexical", "prepare_vectors": "prepare", "search_vectors": "vector",
+             "superseded_sources": "facts",
              "get_fact": "facts", "list_facts": "facts",
              "read_since": "neighbours", "read_around": "neighbours"}
-_STAGES = ("embed", "lexical", "vector", "facts", "bridge", "neighbours", "rank", "audit")
+_STAGES = ("embed", "lexical", "prepare", "vector", "facts", "bridge", "neighbours", "rank", "audit")
 
 
 class _StageClock:
-    """Where one query's time goes, measured around the real store's and embedder's calls.
+    """Where one query's time goes, measured around the real store's and embedder's calls
+    (``prepare``: loading the user's in-process vector index, beside the embedding).
 
     ``rank`` (fusion, re-ranking, dedup: recall's own Python) is the rest of the query's time: the
     part no clocked call covers (the lexical search runs while the query is embedded, so stages

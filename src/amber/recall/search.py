@@ -249,6 +249,7 @@ class Recall:
         lexical: asyncio.Task[list[Hit]] | None = None
         if want_lexical and want_vector:
             lexical = asyncio.ensure_future(self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
+        prepare = self._prepare_vectors(tenant, user) if want_vector else None
         lists: dict[str, list[Hit]] = {}
         try:
             vector = await vector_hits() if want_vector else None
@@ -261,9 +262,25 @@ class Recall:
                 lexical.cancel()
                 await asyncio.gather(lexical, return_exceptions=True)  # never leave it unawaited
             raise
+        finally:
+            if prepare is not None:  # usually done by now (the search waits for it); never left unawaited
+                for outcome in await asyncio.gather(prepare, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.debug("preparing the vector index failed (the search read it itself): %s", outcome)
         if vector is not None:
             lists["vector"] = vector
         return lists
+
+    def _prepare_vectors(self, tenant: str, user: str) -> asyncio.Future[None] | None:
+        """Start loading the user's in-process vector index while the query is embedded, on a store
+        (or the store below cache/encryption/redaction layers) that keeps one (SQLite's
+        ``prepare_vectors``): a user's first search then does not load it after the embedding."""
+        layer: Any = self.store
+        while layer is not None and not hasattr(layer, "prepare_vectors"):
+            layer = getattr(layer, "inner", None)
+        if layer is None or self.embedder is None:
+            return None
+        return asyncio.ensure_future(layer.prepare_vectors(tenant, user, self.embedder.name))
 
     # -- fusion ----------------------------------------------------------------------------------
     def _fuse(self, lists: dict[str, list[Hit]]) -> dict[tuple[str, str], tuple[Hit, float, dict[str, float]]]:

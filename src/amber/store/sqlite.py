@@ -1615,6 +1615,16 @@ class SQLiteStore(AuditedReads, Store):
         with self._vector_cache_lock:
             return {"/".join(k): v.stats() for k, v in self._vector_cache.items()}
 
+    async def prepare_vectors(self, tenant: str, user: str, model: str) -> None:
+        """Load (or bring up to date) the user's in-process vector index for ``model`` now, so that
+        the ``search_vectors`` which follows finds it ready. Recall calls this while the query is
+        being embedded: a user's first search then reads and indexes the user's vectors beside the
+        embedding instead of after it. Nothing is read out (no audit entry); the search that
+        follows checks the index against the database as always."""
+        validate_part("tenant", tenant)
+        validate_part("user", user)
+        await self._read(lambda conn: self._vector_index(conn, tenant, user, model) and None)
+
     async def search_vectors(
         self, tenant: str, user: str, model: str, vector: Sequence[float], *, limit: int = 20,
         kinds: Sequence[str] = ("message", "fact"),
