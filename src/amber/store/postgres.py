@@ -2054,18 +2054,15 @@ WITH docs AS (
        AND f.valid_to IS NULL AND (f.tsv @@ %(f_common)s::tsquery) IS TRUE
        AND NOT coalesce(f.tsv @@ %(f_rare)s::tsquery, false)
      ORDER BY f.id DESC LIMIT %(recent)s)
-), counted AS (
-    SELECT d.*, ({matched}) AS matched FROM docs d
-), cut AS (  -- the limit-th largest term count: the limit-th best score is at least half its share
-    SELECT matched FROM counted ORDER BY matched DESC OFFSET %(limit)s - 1 LIMIT 1
 )
+-- Every candidate is scored in the one pass that reads it, and the best %(limit)s kept by a top-N
+-- sort. (Pruning first -- materialising the scored candidates to find the limit-th largest term
+-- count, then ranking only rows holding more than half of it -- cost more than the ts_rank calls it
+-- saved: 3.3 vs 4.6 ms at 2,800 candidates, 100,000 memories; same rows, same scores.)
 SELECT d.kind, d.id, d.text, d.thread_id, d.seq, d.created_at, d.sources, d.valid_from, d.valid_to,
        greatest(0.0, least(1.0,
-           d.matched::float8 / %(n)s * (1.0 + ts_rank(d.tsv, %(any)s::tsquery, 32)) / 2.0)) AS score
-FROM counted d
--- a row scores below its share of terms (ts_rank / (1 + ts_rank) < 1): rows holding at most half
--- the cut's terms cannot reach the result, and are not ranked
-WHERE 2 * d.matched > coalesce((SELECT matched FROM cut), 0)
+           ({matched})::float8 / %(n)s * (1.0 + ts_rank(d.tsv, %(any)s::tsquery, 32)) / 2.0)) AS score
+FROM docs d
 ORDER BY score DESC, d.kind_order, d.created_at, d.seq, d.id
 LIMIT %(limit)s
 """
