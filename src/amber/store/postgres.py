@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -334,8 +335,8 @@ class PostgresStore(AuditedReads, Store):
             {Capability.DURABLE, Capability.MULTI_PROCESS, Capability.MULTI_HOST,
              Capability.LEXICAL_SEARCH, Capability.VECTOR_SEARCH}
         )
-        # table -> (monotonic time fetched, ({lexeme: share of rows}, table rows) or None): see _term_stats
-        self._term_stats_cache: dict[str, tuple[float, tuple[dict[str, float], float] | None]] = {}
+        # table -> (monotonic time fetched, (lexemes, their shares of rows, table rows) or None): see _term_stats
+        self._term_stats_cache: dict[str, tuple[float, tuple[str, str, float] | None]] = {}
         self.applied_migrations: list[str] = []  # what THIS open applied (empty if already current)
         self._settings: dict[str, str] = {}
         self._closed = False
@@ -1453,68 +1454,43 @@ class PostgresStore(AuditedReads, Store):
         want_msg, want_fact = self._kinds(kinds)
         if limit == 0 or not (want_msg or want_fact):
             return self._read_hits(tenant, user, "search.text", [])
-        plan = await self._fetchall(_TEXT_TERMS_SQL.replace("{cfg}", schema_mod.TEXT_SEARCH_CONFIG).replace(
-            "{chars}", str(schema_mod.INDEXED_CHARS)), {
-            "q": query, "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "cap": _COMMON_TERM_ROWS + 1,
-        })
-        lexemes, user_messages, user_facts = plan[0]
-        if not lexemes:
-            return self._read_hits(tenant, user, "search.text", [])
-        lexemes = sorted(lexemes)
-        # Facts were counted only up to _COMMON_TERM_ROWS + 1: past that, None (the table's rows stand in).
-        user_facts = None if (user_facts or 0) > _COMMON_TERM_ROWS else int(user_facts or 0)
-        common_m = await self._common_lexemes("messages", lexemes, int(user_messages or 0)) if want_msg else []
-        common_f = await self._common_lexemes("facts", lexemes, user_facts) if want_fact else []
-        quoted = {lx: _tsquery_term(lx) for lx in lexemes}
-
-        def any_of(terms: Sequence[str]) -> str | None:
-            return " | ".join(quoted[t] for t in terms) if terms else None
-
+        # One statement, one round trip: the query's lexemes, the user's row counts, the rare/common
+        # split and the search itself are all worked out on the server (each round trip of a search
+        # that runs next to the query's embedding waits for the event loop, i.e. for the GIL).
+        stats_m = await self._term_stats("messages") if want_msg else None
+        stats_f = await self._term_stats("facts") if want_fact else None
         params: dict[str, Any] = {
-            "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "limit": limit, "n": len(lexemes),
-            "any": any_of(lexemes), "recent": max(4 * limit, 100),
-            "m_rare": any_of([t for t in lexemes if t not in common_m]), "m_common": any_of(common_m),
-            "f_rare": any_of([t for t in lexemes if t not in common_f]), "f_common": any_of(common_f),
+            "q": query, "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "limit": limit,
+            "recent": max(4 * limit, 100), "cap": _COMMON_TERM_ROWS + 1,
+            "m_elems": stats_m[0] if stats_m else None, "m_freqs": stats_m[1] if stats_m else None,
+            "f_elems": stats_f[0] if stats_f else None, "f_freqs": stats_f[1] if stats_f else None,
+            "f_rows": stats_f[2] if stats_f else None,
         }
-        # How many of the query's terms a row holds: one test per term, inline (a per-row subquery
-        # over the term list cost about a microsecond per candidate row).
-        matched = []
-        for i, lx in enumerate(lexemes):
-            params[f"l{i}"] = quoted[lx]
-            matched.append(f"(d.tsv @@ %(l{i})s::tsquery)::int")
-        sql = _SEARCH_TEXT_SQL.replace("{matched}", " + ".join(matched))
-        rows = await self._fetchall(sql, params)
+        slots = _TEXT_SLOTS
+        while True:
+            rows = await self._fetchall(_search_text_sql(slots), params)
+            if not rows or rows[0][0] != "+lexemes":
+                break
+            slots = _slots_for(int(rows[0][9]))  # more lexemes than term slots: once more, with enough
         return self._read_hits(tenant, user, "search.text", [self._hit(r, tenant, user, "lexical") for r in rows])
 
-    async def _common_lexemes(self, table: str, lexemes: Sequence[str], user_rows: int | None) -> list[str]:
-        """The query's lexemes that are common in the user's ``table`` rows: in more than
-        _COMMON_TERM_ROWS of them, estimated as the lexeme's share of the table's rows (the planner's
-        statistics of the tsv column, from the last ANALYZE) times the user's row count (``None``:
-        more than _COMMON_TERM_ROWS, not counted further; the table's row count stands in).
-        Nothing is common for a user with at most _COMMON_TERM_ROWS rows, or without statistics."""
-        if user_rows is not None and user_rows <= _COMMON_TERM_ROWS:
-            return []
-        stats = await self._term_stats(table)
-        if stats is None:
-            return []
-        freqs, table_rows = stats
-        rows = table_rows if user_rows is None else user_rows
-        return [lx for lx in lexemes if freqs.get(lx, 0.0) * rows > _COMMON_TERM_ROWS]
-
-    async def _term_stats(self, table: str) -> tuple[dict[str, float], float] | None:
-        """{lexeme: share of rows holding it} for the most common lexemes of ``table``'s tsv column
-        and the table's estimated row count, from the planner's statistics; cached for
-        _TERM_STATS_TTL seconds (``analyze()`` drops the cache)."""
+    async def _term_stats(self, table: str) -> tuple[str, str, float] | None:
+        """The most common lexemes of ``table``'s tsv column and their share of rows, from the
+        planner's statistics (the last ANALYZE), as two array literals (text[], float8[]) for
+        search_text's statement, and the table's estimated row count; cached for _TERM_STATS_TTL
+        seconds (``analyze()`` drops the cache). None without statistics."""
         now = time.monotonic()
         cached = self._term_stats_cache.get(table)
         if cached is not None and now - cached[0] < _TERM_STATS_TTL:
             return cached[1]
         rows = await self._fetchall(_TERM_STATS_SQL, {"schema": self.schema, "table": table})
-        stats: tuple[dict[str, float], float] | None = None
+        stats: tuple[str, str, float] | None = None
         if rows and rows[0][0] is not None:
             table_rows = float(rows[0][2] or 0.0)
             freqs = {e: float(f) for e, f in zip(rows[0][0], rows[0][1] or ()) if e is not None and f is not None}
-            stats = (freqs, table_rows) if freqs and table_rows > 0 else None
+            if freqs and table_rows > 0:
+                elems = "{" + ",".join('"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in freqs) + "}"
+                stats = (elems, "{" + ",".join(repr(f) for f in freqs.values()) + "}", table_rows)
         self._term_stats_cache[table] = (now, stats)
         return stats
 
@@ -1992,15 +1968,6 @@ ORDER BY x.ord
 # OR-query for the GIN index plus one single-lexeme query each, to measure coverage (the share of
 # query terms a document holds). score = coverage * (1 + ts_rank normalised to [0, 1)) / 2, so a
 # document holding every term outranks one repeating a single term, and ts_rank orders the rest.
-# The query's distinct lexemes, the user's message count (sessions' last seq: an upper bound) and
-# fact count (counted up to %(cap)s): what search_text needs to split the terms (see below).
-_TEXT_TERMS_SQL = """
-SELECT ARRAY(SELECT DISTINCT lexeme FROM unnest(to_tsvector('{cfg}'::regconfig, left(%(q)s, {chars})))),
-       CASE WHEN %(msg)s THEN (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
-                               WHERE tenant_id = %(t)s AND user_id = %(u)s) END,
-       CASE WHEN %(fact)s THEN (SELECT count(*) FROM (SELECT 1 FROM {s}.facts WHERE tenant_id = %(t)s
-                                AND user_id = %(u)s AND valid_to IS NULL LIMIT %(cap)s) c) END
-"""
 
 # The most common lexemes of a tsv column with their share of rows (ANALYZE's sample; the element
 # frequency array ends with three summary numbers, which pair with no element) and the table's rows.
@@ -2019,50 +1986,110 @@ WHERE s.schemaname = %(schema)s AND s.tablename = %(table)s AND s.attname = 'tsv
 # 100,000 memories). Recent messages: the user's threads by last update, each newest first (the
 # primary key); recent facts: by id (time-ordered), the primary key backwards. Then one score for
 # all: the share of the query's terms a row holds, times (1 + ts_rank) / 2.
+# A term is common when its share of the table's rows (the planner's statistics, passed in by
+# search_text as %(m_elems)s / %(m_freqs)s, %(f_elems)s / %(f_freqs)s) times the user's rows is over
+# 2,000; the user's rows: messages from sessions' last seq, facts counted up to %(cap)s (past 2,000
+# the table's rows, %(f_rows)s, stand in). The lexemes, the split and the search are one statement,
+# so a search is one round trip (the split used to be a statement of its own).
 _SEARCH_TEXT_SQL = """
-WITH docs AS (
+WITH users AS MATERIALIZED (  -- the user's message count (sessions' last seq: an upper bound), facts up to %(cap)s
+    SELECT CASE WHEN %(msg)s THEN (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
+                                   WHERE tenant_id = %(t)s AND user_id = %(u)s) END AS msgs,
+           CASE WHEN %(fact)s THEN (SELECT count(*) FROM (SELECT 1 FROM {s}.facts WHERE tenant_id = %(t)s
+                                    AND user_id = %(u)s AND valid_to IS NULL LIMIT %(cap)s) c) END AS facts
+), terms AS (  -- the query's distinct lexemes in code point order, quoted, and which are common where
+    SELECT x.ord, x.quoted,
+           coalesce(u.msgs > {common} AND (%(m_freqs)s::float8[])[array_position(%(m_elems)s::text[], x.lexeme)]
+                    * u.msgs > {common}, false) AS m_common,
+           coalesce(u.facts > {common} AND (%(f_freqs)s::float8[])[array_position(%(f_elems)s::text[], x.lexeme)]
+                    * %(f_rows)s::float8 > {common}, false) AS f_common
+    FROM (SELECT lexeme, row_number() OVER (ORDER BY lexeme COLLATE "C") AS ord,
+                 '''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''' AS quoted
+          FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('{cfg}'::regconfig, left(%(q)s, {chars})))) l) x
+    CROSS JOIN users u
+), plan AS (
+    SELECT count(*) AS n,
+           string_agg(quoted, ' | ' ORDER BY ord)::tsquery AS any_term,
+           string_agg(quoted, ' | ' ORDER BY ord) FILTER (WHERE NOT m_common)::tsquery AS m_rare,
+           string_agg(quoted, ' | ' ORDER BY ord) FILTER (WHERE m_common)::tsquery AS m_common,
+           string_agg(quoted, ' | ' ORDER BY ord) FILTER (WHERE NOT f_common)::tsquery AS f_rare,
+           string_agg(quoted, ' | ' ORDER BY ord) FILTER (WHERE f_common)::tsquery AS f_common,
+           {slot_columns}
+    FROM terms
+), docs AS (
     SELECT 'message' AS kind, m.id, m.content AS text, m.thread_id, m.seq, m.created_at,
            NULL::text[] AS sources, NULL::timestamptz AS valid_from, NULL::timestamptz AS valid_to,
            m.tsv, 0 AS kind_order
     FROM {s}.messages m
-    WHERE %(msg)s AND %(m_rare)s::text IS NOT NULL AND m.tenant_id = %(t)s AND m.user_id = %(u)s
-      AND m.tsv @@ %(m_rare)s::tsquery
+    WHERE %(msg)s AND (SELECT m_rare FROM plan) IS NOT NULL AND m.tenant_id = %(t)s AND m.user_id = %(u)s
+      AND m.tsv @@ (SELECT m_rare FROM plan)
     UNION ALL
     (SELECT 'message', c.id, c.content, c.thread_id, c.seq, c.created_at, NULL, NULL, NULL, c.tsv, 0
      FROM (SELECT s.thread_id FROM {s}.sessions s
-           WHERE %(msg)s AND %(m_common)s::text IS NOT NULL AND s.tenant_id = %(t)s AND s.user_id = %(u)s
+           WHERE %(msg)s AND (SELECT m_common FROM plan) IS NOT NULL AND s.tenant_id = %(t)s AND s.user_id = %(u)s
            ORDER BY s.updated_at DESC, s.thread_id DESC) th
      CROSS JOIN LATERAL (
          SELECT m.id, m.content, m.thread_id, m.seq, m.created_at, m.tsv FROM {s}.messages m
          WHERE m.tenant_id = %(t)s AND m.user_id = %(u)s AND m.thread_id = th.thread_id
-           -- "IS TRUE": not an index condition, so the newest rows are read through the primary
-           -- key and the scan stops early (the lexical index would list every row with the term)
-           AND (m.tsv @@ %(m_common)s::tsquery) IS TRUE AND NOT coalesce(m.tsv @@ %(m_rare)s::tsquery, false)
+           -- A CASE: not an index condition, so the newest rows are read through the primary key
+           -- and the scan stops early (the lexical index would list every row with the term); and
+           -- estimated to hold for half the rows (the terms are common), where a test of a query
+           -- the planner cannot see (from "plan") is estimated at 0.5%%: a plan costed as reading
+           -- every thread to the end, which crossed jit_above_cost (50 ms of JIT compilation)
+           AND CASE WHEN m.tsv @@ (SELECT m_common FROM plan)
+                    THEN NOT coalesce(m.tsv @@ (SELECT m_rare FROM plan), false) END
          ORDER BY m.seq DESC LIMIT %(recent)s) c
      LIMIT %(recent)s)
     UNION ALL
     SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from, f.valid_to,
            f.tsv, 1
     FROM {s}.facts f
-    WHERE %(fact)s AND %(f_rare)s::text IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
-      AND f.valid_to IS NULL AND f.tsv @@ %(f_rare)s::tsquery
+    WHERE %(fact)s AND (SELECT f_rare FROM plan) IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
+      AND f.valid_to IS NULL AND f.tsv @@ (SELECT f_rare FROM plan)
     UNION ALL
     (SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from,
             f.valid_to, f.tsv, 1
      FROM {s}.facts f
-     WHERE %(fact)s AND %(f_common)s::text IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
-       AND f.valid_to IS NULL AND (f.tsv @@ %(f_common)s::tsquery) IS TRUE
-       AND NOT coalesce(f.tsv @@ %(f_rare)s::tsquery, false)
+     WHERE %(fact)s AND (SELECT f_common FROM plan) IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
+       AND f.valid_to IS NULL AND CASE WHEN f.tsv @@ (SELECT f_common FROM plan)
+                                          THEN NOT coalesce(f.tsv @@ (SELECT f_rare FROM plan), false) END
      ORDER BY f.id DESC LIMIT %(recent)s)
 )
--- Every candidate is scored in the one pass that reads it, and the best %(limit)s kept by a top-N
--- sort. (Pruning first -- materialising the scored candidates to find the limit-th largest term
--- count, then ranking only rows holding more than half of it -- cost more than the ts_rank calls it
--- saved: 3.3 vs 4.6 ms at 2,800 candidates, 100,000 memories; same rows, same scores.)
-SELECT d.kind, d.id, d.text, d.thread_id, d.seq, d.created_at, d.sources, d.valid_from, d.valid_to,
-       greatest(0.0, least(1.0,
-           ({matched})::float8 / %(n)s * (1.0 + ts_rank(d.tsv, %(any)s::tsquery, 32)) / 2.0)) AS score
-FROM docs d
-ORDER BY score DESC, d.kind_order, d.created_at, d.seq, d.id
-LIMIT %(limit)s
+SELECT * FROM (
+    SELECT d.kind, d.id, d.text, d.thread_id, d.seq, d.created_at, d.sources, d.valid_from, d.valid_to,
+           greatest(0.0, least(1.0,
+               ({matched})::float8 / (SELECT n FROM plan)
+               * (1.0 + ts_rank(d.tsv, (SELECT any_term FROM plan), 32)) / 2.0)) AS score
+    FROM docs d
+    ORDER BY score DESC, d.kind_order, d.created_at, d.seq, d.id
+    LIMIT %(limit)s
+) best WHERE (SELECT n FROM plan) <= {slots}
+UNION ALL  -- more lexemes than term slots: one row saying how many (search_text asks again)
+SELECT '+lexemes', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n FROM plan WHERE n > {slots}
 """
+
+_TEXT_SLOTS = 8  # term slots of the first try (distinct lexemes of the query; more: a second try)
+
+
+def _slots_for(n: int) -> int:
+    """Term slots for ``n`` lexemes: the next power of two, so few statement texts exist."""
+    slots = _TEXT_SLOTS
+    while slots < n:
+        slots *= 2
+    return slots
+
+
+@functools.lru_cache(maxsize=None)
+def _search_text_sql(slots: int) -> str:
+    """_SEARCH_TEXT_SQL with ``slots`` single-lexeme queries (the i-th lexeme, or NULL), one test per
+    slot for how many of the query's terms a row holds: inline (a per-row subquery over the term
+    list cost about a microsecond per candidate row)."""
+    return (_SEARCH_TEXT_SQL
+            .replace("{slot_columns}", ",\n           ".join(
+                f"max(quoted) FILTER (WHERE ord = {i + 1})::tsquery AS l{i}" for i in range(slots)))
+            .replace("{matched}", " + ".join(
+                f"coalesce((d.tsv @@ (SELECT l{i} FROM plan))::int, 0)" for i in range(slots)))
+            .replace("{slots}", str(slots))
+            .replace("{common}", str(_COMMON_TERM_ROWS))
+            .replace("{cfg}", schema_mod.TEXT_SEARCH_CONFIG)
+            .replace("{chars}", str(schema_mod.INDEXED_CHARS)))
