@@ -1466,7 +1466,9 @@ class PostgresStore(AuditedReads, Store):
             "f_elems": stats_f[0] if stats_f else None, "f_freqs": stats_f[1] if stats_f else None,
             "f_rows": stats_f[2] if stats_f else None,
         }
-        slots = _TEXT_SLOTS
+        # Term slots: one per word is usually one per lexeme (hyphenated words, URLs and e-mail
+        # addresses give more: then a second try says how many).
+        slots = _slots_for(len(_WORD.findall(query)))
         while True:
             rows = await self._fetchall(_search_text_sql(slots), params)
             if not rows or rows[0][0] != "+lexemes":
@@ -1992,21 +1994,23 @@ WHERE s.schemaname = %(schema)s AND s.tablename = %(table)s AND s.attname = 'tsv
 # the table's rows, %(f_rows)s, stand in). The lexemes, the split and the search are one statement,
 # so a search is one round trip (the split used to be a statement of its own).
 _SEARCH_TEXT_SQL = """
-WITH users AS MATERIALIZED (  -- the user's message count (sessions' last seq: an upper bound), facts up to %(cap)s
-    SELECT CASE WHEN %(msg)s THEN (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
-                                   WHERE tenant_id = %(t)s AND user_id = %(u)s) END AS msgs,
-           CASE WHEN %(fact)s THEN (SELECT count(*) FROM (SELECT 1 FROM {s}.facts WHERE tenant_id = %(t)s
-                                    AND user_id = %(u)s AND valid_to IS NULL LIMIT %(cap)s) c) END AS facts
-), terms AS (  -- the query's distinct lexemes in code point order, quoted, and which are common where
+WITH terms AS (  -- the query's distinct lexemes in code point order, quoted, and which are common where:
+    -- messages: the user's message count (sessions' last seq: an upper bound) times the lexeme's share;
+    -- facts: the table's rows times the share, if the user has over {common} facts (counted up to
+    -- %(cap)s, only when the product is over {common}: an InitPlan runs when first needed)
     SELECT x.ord, x.quoted,
-           coalesce(u.msgs > {common} AND (%(m_freqs)s::float8[])[array_position(%(m_elems)s::text[], x.lexeme)]
-                    * u.msgs > {common}, false) AS m_common,
-           coalesce(u.facts > {common} AND (%(f_freqs)s::float8[])[array_position(%(f_elems)s::text[], x.lexeme)]
-                    * %(f_rows)s::float8 > {common}, false) AS f_common
+           coalesce(%(msg)s AND (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
+                                 WHERE tenant_id = %(t)s AND user_id = %(u)s) > {common}
+                    AND (%(m_freqs)s::float8[])[array_position(%(m_elems)s::text[], x.lexeme)]
+                        * (SELECT coalesce(sum(last_seq), 0) FROM {s}.sessions
+                           WHERE tenant_id = %(t)s AND user_id = %(u)s) > {common}, false) AS m_common,
+           coalesce(%(fact)s AND CASE
+               WHEN (%(f_freqs)s::float8[])[array_position(%(f_elems)s::text[], x.lexeme)] * %(f_rows)s::float8 > {common}
+               THEN (SELECT count(*) FROM (SELECT 1 FROM {s}.facts WHERE tenant_id = %(t)s AND user_id = %(u)s
+                                           AND valid_to IS NULL LIMIT %(cap)s) c) > {common} END, false) AS f_common
     FROM (SELECT lexeme, row_number() OVER (ORDER BY lexeme COLLATE "C") AS ord,
                  '''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''' AS quoted
           FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('{cfg}'::regconfig, left(%(q)s, {chars})))) l) x
-    CROSS JOIN users u
 ), plan AS (
     SELECT count(*) AS n,
            string_agg(quoted, ' | ' ORDER BY ord)::tsquery AS any_term,
@@ -2068,12 +2072,13 @@ UNION ALL  -- more lexemes than term slots: one row saying how many (search_text
 SELECT '+lexemes', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n FROM plan WHERE n > {slots}
 """
 
-_TEXT_SLOTS = 8  # term slots of the first try (distinct lexemes of the query; more: a second try)
+_WORD = re.compile(r"\w+")
 
 
 def _slots_for(n: int) -> int:
-    """Term slots for ``n`` lexemes: the next power of two, so few statement texts exist."""
-    slots = _TEXT_SLOTS
+    """Term slots for ``n`` lexemes: the next power of two, so few statement texts exist (each slot is
+    one more test per candidate row: 8 slots for a 4-term query cost 5% more than 4)."""
+    slots = 1
     while slots < n:
         slots *= 2
     return slots
