@@ -1460,8 +1460,7 @@ class PostgresStore(AuditedReads, Store):
         stats_m = await self._term_stats("messages") if want_msg else None
         stats_f = await self._term_stats("facts") if want_fact else None
         params: dict[str, Any] = {
-            "q": query, "t": tenant, "u": user, "msg": want_msg, "fact": want_fact, "limit": limit,
-            "recent": max(4 * limit, 100), "cap": _COMMON_TERM_ROWS + 1,
+            "q": query, "t": tenant, "u": user,
             "m_elems": stats_m[0] if stats_m else None, "m_freqs": stats_m[1] if stats_m else None,
             "f_elems": stats_f[0] if stats_f else None, "f_freqs": stats_f[1] if stats_f else None,
             "f_rows": stats_f[2] if stats_f else None,
@@ -1470,7 +1469,7 @@ class PostgresStore(AuditedReads, Store):
         # addresses give more: then a second try says how many).
         slots = _slots_for(len(_WORD.findall(query)))
         while True:
-            rows = await self._fetchall(_search_text_sql(slots), params)
+            rows = await self._fetchall(_search_text_sql(slots, limit, want_msg, want_fact), params)
             if not rows or rows[0][0] != "+lexemes":
                 break
             slots = _slots_for(int(rows[0][9]))  # more lexemes than term slots: once more, with enough
@@ -1990,9 +1989,12 @@ WHERE s.schemaname = %(schema)s AND s.tablename = %(table)s AND s.attname = 'tsv
 # all: the share of the query's terms a row holds, times (1 + ts_rank) / 2.
 # A term is common when its share of the table's rows (the planner's statistics, passed in by
 # search_text as %(m_elems)s / %(m_freqs)s, %(f_elems)s / %(f_freqs)s) times the user's rows is over
-# 2,000; the user's rows: messages from sessions' last seq, facts counted up to %(cap)s (past 2,000
+# 2,000; the user's rows: messages from sessions' last seq, facts counted up to 2,001 (past 2,000
 # the table's rows, %(f_rows)s, stand in). The lexemes, the split and the search are one statement,
-# so a search is one round trip (the split used to be a statement of its own).
+# so a search is one round trip (the split used to be a statement of its own). %(limit)s, %(recent)s,
+# %(cap)s, %(msg)s and %(fact)s are written into the statement's text (_search_text_sql): with only
+# the user, the query and the statistics as parameters, the server's plan for the prepared statement
+# holds for every call (a generic plan) and is not planned again each time (0.5 ms a search).
 _SEARCH_TEXT_SQL = """
 WITH terms AS (  -- the query's distinct lexemes in code point order, quoted, and which are common where:
     -- messages: the user's message count (sessions' last seq: an upper bound) times the lexeme's share;
@@ -2084,17 +2086,20 @@ def _slots_for(n: int) -> int:
     return slots
 
 
-@functools.lru_cache(maxsize=None)
-def _search_text_sql(slots: int) -> str:
+@functools.lru_cache(maxsize=256)  # keyed by slots, limit and kinds: a few in practice
+def _search_text_sql(slots: int, limit: int, msg: bool, fact: bool) -> str:
     """_SEARCH_TEXT_SQL with ``slots`` single-lexeme queries (the i-th lexeme, or NULL), one test per
     slot for how many of the query's terms a row holds: inline (a per-row subquery over the term
-    list cost about a microsecond per candidate row)."""
+    list cost about a microsecond per candidate row); the limit and the kinds as literals."""
     return (_SEARCH_TEXT_SQL
             .replace("{slot_columns}", ",\n           ".join(
                 f"max(quoted) FILTER (WHERE ord = {i + 1})::tsquery AS l{i}" for i in range(slots)))
             .replace("{matched}", " + ".join(
                 f"coalesce((d.tsv @@ (SELECT l{i} FROM plan))::int, 0)" for i in range(slots)))
             .replace("{slots}", str(slots))
+            .replace("%(msg)s", "true" if msg else "false").replace("%(fact)s", "true" if fact else "false")
+            .replace("%(limit)s", str(int(limit))).replace("%(recent)s", str(max(4 * int(limit), 100)))
+            .replace("%(cap)s", str(_COMMON_TERM_ROWS + 1))
             .replace("{common}", str(_COMMON_TERM_ROWS))
             .replace("{cfg}", schema_mod.TEXT_SEARCH_CONFIG)
             .replace("{chars}", str(schema_mod.INDEXED_CHARS)))
