@@ -507,6 +507,16 @@ def validate_fact_ids(fact_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(fact_ids))
 
 
+def superseded_query_ids(tenant: str, user: str, fact_ids: Sequence[str], history: int) -> list[str]:
+    """Validate the arguments of :meth:`Store.superseded_sources`; the fact ids to look at, each
+    once (none when ``history`` is 0: no history, nothing stale)."""
+    validate_part("tenant", tenant)
+    validate_part("user", user)
+    validate_limit(history, "history", allow_none=False)
+    ids = validate_fact_ids(fact_ids)
+    return ids if history else []
+
+
 def stale_sources(rows: Iterable[tuple[str, str, Sequence[str], bool]]) -> set[str]:
     """The staleness rule of :meth:`Store.superseded_sources` over ``(attribute, value,
     source_message_ids, current)`` rows of the attributes' histories."""
@@ -706,10 +716,9 @@ class Store(ABC):
         """
         from ..governance.audit import reads_not_audited  # governance imports this module
 
-        validate_part("tenant", tenant)
-        validate_part("user", user)
-        validate_limit(history, "history", allow_none=False)
-        ids = validate_fact_ids(fact_ids)
+        ids = superseded_query_ids(tenant, user, fact_ids, history)
+        if not ids:
+            return set()
         rows: list[tuple[str, str, Sequence[str], bool]] = []
         with reads_not_audited():
             attributes: set[str] = set()

@@ -87,7 +87,7 @@ from .base import (
     prepare_restore,
     prepare_restored_facts,
     stale_sources,
-    validate_fact_ids,
+    superseded_query_ids,
     restore_conflict,
     select_window,
     validate_limit,
@@ -1380,11 +1380,8 @@ class PostgresStore(AuditedReads, Store):
     async def superseded_sources(
         self, tenant: str, user: str, fact_ids: Sequence[str], *, history: int = SUPERSEDED_HISTORY
     ) -> set[str]:
-        validate_part("tenant", tenant)
-        validate_part("user", user)
-        validate_limit(history, "history", allow_none=False)
-        ids = validate_fact_ids(fact_ids)
-        if not ids or history == 0:
+        ids = superseded_query_ids(tenant, user, fact_ids, history)
+        if not ids:
             return set()
         # One round trip. Only attributes with a superseded fact can make a turn stale, so the
         # history of an attribute that never changed (the common case) is not read at all.

@@ -80,7 +80,7 @@ from .base import (
     prepare_restore,
     prepare_restored_facts,
     stale_sources,
-    validate_fact_ids,
+    superseded_query_ids,
     restore_conflict,
     validate_limit,
     validate_state_name,
@@ -1328,11 +1328,8 @@ class SQLiteStore(AuditedReads, Store):
     async def superseded_sources(
         self, tenant: str, user: str, fact_ids: Sequence[str], *, history: int = SUPERSEDED_HISTORY
     ) -> set[str]:
-        validate_part("tenant", tenant)
-        validate_part("user", user)
-        validate_limit(history, "history", allow_none=False)
-        ids = validate_fact_ids(fact_ids)
-        if not ids or history == 0:
+        ids = superseded_query_ids(tenant, user, fact_ids, history)
+        if not ids:
             return set()
 
         def query(conn: sqlite3.Connection) -> set[str]:
