@@ -250,14 +250,20 @@ async def test_crypto_shredding_makes_every_copy_unreadable(tmp_path) -> None:
     assert _file_hits(_db_files(str(backup / "amber.db"))) == 0
 
 
+def _lost_keyring(tmp_path) -> EncryptionConfig:
+    """A configuration whose keyring (an empty file elsewhere) and master key are not the ones the
+    data was written with, and which may not create keys: every tenant's key is unavailable."""
+    return EncryptionConfig(provider=LocalKeyProvider([os.urandom(32)]), keyring=FileKeyRing(tmp_path / "other.json"),
+                            auto_create=False)
+
+
 async def test_missing_key_or_master_never_falls_back_to_plaintext(tmp_path) -> None:
     db = str(tmp_path / "amber.db")
     store = await amber.open_store(f"sqlite:///{db}", encryption=_config(tmp_path))
     key = await _write_everything(store, "bank", n=2)
     await store.close()
     # The keyring is lost and auto-creation is off: reads and writes both refuse.
-    lost = EncryptionConfig(provider=LocalKeyProvider([os.urandom(32)]), keyring=FileKeyRing(tmp_path / "other.json"),
-                            auto_create=False)
+    lost = _lost_keyring(tmp_path)
     store = await amber.open_store(f"sqlite:///{db}", encryption=lost)
     try:
         with pytest.raises(KeyUnavailable):
@@ -291,8 +297,7 @@ async def test_facts_by_attribute_of_a_tenant_without_a_key_yet_are_empty_not_an
     finally:
         await store.close()
     # The keyring is lost: facts exist, so the listing must refuse rather than answer "none".
-    lost = EncryptionConfig(provider=LocalKeyProvider([os.urandom(32)]), keyring=FileKeyRing(tmp_path / "other.json"),
-                            auto_create=False)
+    lost = _lost_keyring(tmp_path)
     store = await amber.open_store(f"sqlite:///{db}", encryption=lost)
     try:
         with pytest.raises(KeyUnavailable):
