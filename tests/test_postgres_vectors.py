@@ -142,10 +142,11 @@ async def test_large_users_use_the_hnsw_index_with_the_user_filter(pgvector_serv
         theirs = await store.append(other, [NewMessage("user", f"o{i}") for i in range(300)])
         await store.put_vectors(tenant, "other", model, [
             VectorItem("message", m.id, (1.0, i / 1000, 0.0)) for i, m in enumerate(theirs)])
-        ours = await store.append(mine, [NewMessage("user", f"m{i}") for i in range(5)])
+        ours = await store.append(mine, [NewMessage("user", f"m{i}", author="Nora") for i in range(5)])
         await store.put_vectors(tenant, "me", model, [
             VectorItem("message", m.id, (1.0, 0.0, 0.2 * (i + 1))) for i, m in enumerate(ours)])
-        ids = await _search_ids(store, mine, model, (1.0, 0.0, 0.0), limit=3)
-        assert ids == [m.id for m in ours[:3]]
+        hits = await store.search_vectors(mine.tenant, mine.user, model, (1.0, 0.0, 0.0), limit=3)
+        assert [h.id for h in hits] == [m.id for m in ours[:3]]
+        assert {(h.role, h.author) for h in hits} == {("user", "Nora")}  # this path reads them too
     finally:
         await store.close()

@@ -133,7 +133,10 @@ class Fact:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result. ``score`` is a similarity in [0, 1], higher is better."""
+    """One search result. ``score`` is a similarity in [0, 1], higher is better.
+
+    ``role`` and ``author`` say who said a message hit (``Message.role`` and ``Message.author``);
+    both are None for fact hits, and ``author`` is None when the message named no author."""
 
     kind: Literal["message", "fact"]
     id: str
@@ -148,6 +151,8 @@ class Hit:
     valid_from: datetime | None = None
     valid_to: datetime | None = None
     paths: Mapping[str, float] = field(default_factory=dict)
+    role: str | None = None
+    author: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,10 @@ export interface HitOut {
   "valid_from": string | null;
   "valid_to": string | null;
   "paths": Record<string, number>;
+  /** A turn's role (user, assistant, ...); null for facts. */
+  "role": string | null;
+  /** Who said a turn (its author, e.g. a participant's or agent's name), if the message named one; null for facts. */
+  "author": string | null;
 }
 
 export interface ImportOut {

@@ -409,7 +409,7 @@ class DenseBaseline:
             for m in await store.read_since(info.key, 0):
                 if m.content in vectors:
                     hits.append(Hit("message", m.id, 0.0, m.content, tenant, user, info.key.thread, m.seq,
-                                    m.created_at))
+                                    m.created_at, role=m.role, author=m.author))
                     rows.append(vectors[m.content])
         matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)

@@ -425,7 +425,7 @@ class Recall:
                 seen.add(("message", m.id))
                 score = hit.score * 0.5
                 out.append(Hit("message", m.id, score, m.content, tenant, user, hit.thread, m.seq, m.created_at,
-                               (m.id,), None, None, {"neighbour": 1.0, "fused": score}))
+                               (m.id,), None, None, {"neighbour": 1.0, "fused": score}, m.role, m.author))
         return out
 
 

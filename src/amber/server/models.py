@@ -203,6 +203,9 @@ class HitOut(_Model):
     valid_from: Optional[datetime]
     valid_to: Optional[datetime]
     paths: dict[str, float]
+    role: Optional[str] = Field(description="A turn's role (user, assistant, ...); null for facts.")
+    author: Optional[str] = Field(description="Who said a turn (its author, e.g. a participant's or agent's "
+                                  "name), if the message named one; null for facts.")
 
 
 class RecallOut(_Model):

@@ -672,7 +672,7 @@ class MemoryStore(AuditedReads, Store):
     def _hit(kind: str, rec: Any, score: float, path: str) -> Hit:
         if kind == "message":
             return Hit("message", rec.id, score, rec.content, rec.key.tenant, rec.key.user, rec.key.thread,
-                       rec.seq, rec.created_at, (rec.id,), None, None, {path: score})
+                       rec.seq, rec.created_at, (rec.id,), None, None, {path: score}, rec.role, rec.author)
         return Hit("fact", rec.id, score, rec.text, rec.tenant, rec.user, rec.thread, None, rec.created_at,
                    rec.source_message_ids, rec.valid_from, rec.valid_to, {path: score})
 

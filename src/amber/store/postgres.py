@@ -1430,13 +1430,14 @@ class PostgresStore(AuditedReads, Store):
 
     @staticmethod
     def _hit(row: Sequence[Any], tenant: str, user: str, path: str) -> Hit:
-        kind, hid, text, thread, seq, created, sources, valid_from, valid_to, score = row[:10]
+        # kind, id, text, thread, seq, created, sources, valid_from, valid_to, score, role, author
+        kind, hid, text, thread, seq, created, sources, valid_from, valid_to, score, role, author = row[:12]
         score = max(0.0, min(1.0, float(score)))
         return Hit(
             kind, hid, score, text, tenant, user, thread, seq, _utc(created),
             (hid,) if kind == "message" else tuple(sources or ()),
             None if valid_from is None else _utc(valid_from), None if valid_to is None else _utc(valid_to),
-            {path: score},
+            {path: score}, role, author,
         )
 
     async def search_text(
@@ -1626,7 +1627,8 @@ class PostgresStore(AuditedReads, Store):
         candidates = max(limit * 4, 100)
         sql = (
             f"SELECT v.kind, v.item_id, coalesce(m.content, f.text), coalesce(m.thread_id, f.thread_id), m.seq, "
-            f"coalesce(m.created_at, f.created_at), f.source_message_ids, f.valid_from, f.valid_to, {score} AS score "
+            f"coalesce(m.created_at, f.created_at), f.source_message_ids, f.valid_from, f.valid_to, {score} AS score, "
+            "m.role, m.author "
             f"FROM (SELECT v.kind, v.item_id, v.tenant_id, v.user_id, {distance} AS distance FROM {{s}}.vectors v "
             f"  WHERE v.tenant_id = %(t)s AND v.user_id = %(u)s AND v.model = {model_lit} AND v.dim = {dim} "
             f"  AND v.kind = ANY(%(kinds)s::text[]) ORDER BY {distance} LIMIT {candidates}) v "
@@ -1798,7 +1800,8 @@ class PostgresStore(AuditedReads, Store):
             for c in batch:
                 row = found.get((c.kind, c.item_id))
                 if row is not None:  # deleted or superseded records are skipped
-                    hits.append(self._hit((*row, min(1.0, max(0.0, (1.0 + c.score) / 2.0))), tenant, user, "vector"))
+                    score = min(1.0, max(0.0, (1.0 + c.score) / 2.0))  # between valid_to and role
+                    hits.append(self._hit((*row[:9], score, *row[9:]), tenant, user, "vector"))
             if len(hits) >= limit or take >= total or version != index.version:
                 break
             take = min(total, take * 4)
@@ -1948,10 +1951,10 @@ SELECT * FROM known
 _VECTOR_HITS_SQL = """
 SELECT (SELECT version FROM {s}.vector_stamps WHERE tenant_id = %(t)s AND user_id = %(u)s),
        x.kind, x.item_id, coalesce(m.content, f.text), coalesce(m.thread_id, f.thread_id), m.seq,
-       coalesce(m.created_at, f.created_at), f.source_message_ids, f.valid_from, f.valid_to
+       coalesce(m.created_at, f.created_at), f.source_message_ids, f.valid_from, f.valid_to, m.role, m.author
 FROM (SELECT 1) AS one
 LEFT JOIN unnest(%(k)s::text[], %(i)s::text[]) WITH ORDINALITY AS x(kind, item_id, ord) ON true
-LEFT JOIN LATERAL (SELECT m.content, m.thread_id, m.seq, m.created_at FROM {s}.messages m
+LEFT JOIN LATERAL (SELECT m.content, m.thread_id, m.seq, m.created_at, m.role, m.author FROM {s}.messages m
                    WHERE x.kind = 'message' AND m.tenant_id = %(t)s AND m.id = x.item_id AND m.user_id = %(u)s
                    LIMIT 1) m ON true
 LEFT JOIN LATERAL (SELECT f.text, f.thread_id, f.created_at, f.source_message_ids, f.valid_from, f.valid_to
@@ -2022,17 +2025,18 @@ WITH terms AS (  -- the query's distinct lexemes in code point order, quoted, an
 ), docs AS (
     SELECT 'message' AS kind, m.id, m.content AS text, m.thread_id, m.seq, m.created_at,
            NULL::text[] AS sources, NULL::timestamptz AS valid_from, NULL::timestamptz AS valid_to,
-           m.tsv, 0 AS kind_order
+           m.tsv, 0 AS kind_order, m.role, m.author
     FROM {s}.messages m
     WHERE %(msg)s AND (SELECT m_rare FROM plan) IS NOT NULL AND m.tenant_id = %(t)s AND m.user_id = %(u)s
       AND m.tsv @@ (SELECT m_rare FROM plan)
     UNION ALL
-    (SELECT 'message', c.id, c.content, c.thread_id, c.seq, c.created_at, NULL, NULL, NULL, c.tsv, 0
+    (SELECT 'message', c.id, c.content, c.thread_id, c.seq, c.created_at, NULL, NULL, NULL, c.tsv, 0,
+            c.role, c.author
      FROM (SELECT s.thread_id FROM {s}.sessions s
            WHERE %(msg)s AND (SELECT m_common FROM plan) IS NOT NULL AND s.tenant_id = %(t)s AND s.user_id = %(u)s
            ORDER BY s.updated_at DESC, s.thread_id DESC) th
      CROSS JOIN LATERAL (
-         SELECT m.id, m.content, m.thread_id, m.seq, m.created_at, m.tsv FROM {s}.messages m
+         SELECT m.id, m.content, m.thread_id, m.seq, m.created_at, m.tsv, m.role, m.author FROM {s}.messages m
          WHERE m.tenant_id = %(t)s AND m.user_id = %(u)s AND m.thread_id = th.thread_id
            -- A CASE: not an index condition, so the newest rows are read through the primary key
            -- and the scan stops early (the lexical index would list every row with the term); and
@@ -2045,13 +2049,13 @@ WITH terms AS (  -- the query's distinct lexemes in code point order, quoted, an
      LIMIT %(recent)s)
     UNION ALL
     SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from, f.valid_to,
-           f.tsv, 1
+           f.tsv, 1, NULL, NULL
     FROM {s}.facts f
     WHERE %(fact)s AND (SELECT f_rare FROM plan) IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
       AND f.valid_to IS NULL AND f.tsv @@ (SELECT f_rare FROM plan)
     UNION ALL
     (SELECT 'fact', f.id, f.text, f.thread_id, NULL, f.created_at, f.source_message_ids, f.valid_from,
-            f.valid_to, f.tsv, 1
+            f.valid_to, f.tsv, 1, NULL, NULL
      FROM {s}.facts f
      WHERE %(fact)s AND (SELECT f_common FROM plan) IS NOT NULL AND f.tenant_id = %(t)s AND f.user_id = %(u)s
        AND f.valid_to IS NULL AND CASE WHEN f.tsv @@ (SELECT f_common FROM plan)
@@ -2062,13 +2066,14 @@ SELECT * FROM (
     SELECT d.kind, d.id, d.text, d.thread_id, d.seq, d.created_at, d.sources, d.valid_from, d.valid_to,
            greatest(0.0, least(1.0,
                ({matched})::float8 / (SELECT n FROM plan)
-               * (1.0 + ts_rank(d.tsv, (SELECT any_term FROM plan), 32)) / 2.0)) AS score
+               * (1.0 + ts_rank(d.tsv, (SELECT any_term FROM plan), 32)) / 2.0)) AS score,
+           d.role, d.author
     FROM docs d
     ORDER BY score DESC, d.kind_order, d.created_at, d.seq, d.id
     LIMIT %(limit)s
 ) best WHERE (SELECT n FROM plan) <= {slots}
 UNION ALL  -- more lexemes than term slots: one row saying how many (search_text asks again)
-SELECT '+lexemes', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n FROM plan WHERE n > {slots}
+SELECT '+lexemes', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n, NULL, NULL FROM plan WHERE n > {slots}
 """
 
 _WORD = re.compile(r"\w+")

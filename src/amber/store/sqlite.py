@@ -1378,7 +1378,7 @@ class SQLiteStore(AuditedReads, Store):
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
-                f"SELECT id, content, thread_id, seq, created_at FROM messages"
+                f"SELECT id, content, thread_id, seq, created_at, role, author FROM messages"
                 f" WHERE id IN ({marks}) AND +tenant_id = ? AND +user_id = ?",  # '+': look up by id, not by user
                 (*chunk, tenant, user),
             ):
@@ -1413,9 +1413,10 @@ class SQLiteStore(AuditedReads, Store):
 
     @staticmethod
     def _hit(kind: str, row: Sequence[Any], score: float, path: str, tenant: str, user: str) -> Hit:
+        # Message rows: id, content, thread_id, seq, created_at, role, author[, rid].
         if kind == "message":
             return Hit("message", row[0], score, row[1], tenant, user, row[2], row[3], _dt(row[4]),
-                       (row[0],), None, None, {path: score})
+                       (row[0],), None, None, {path: score}, row[5], row[6])
         return Hit("fact", row[0], score, row[1], tenant, user, row[2], None, _dt(row[3]),
                    tuple(json.loads(row[4])), _dt(row[5]), None if row[6] is None else _dt(row[6]), {path: score})
 
@@ -1441,7 +1442,7 @@ class SQLiteStore(AuditedReads, Store):
             scored: list[tuple[float, int, int, Any]] = []
             mostly_mine = _user_holds_most_messages(conn, tenant, user)
             if "message" in kinds:
-                select = "SELECT id, content, thread_id, seq, created_at, rid FROM messages"
+                select = "SELECT id, content, thread_id, seq, created_at, role, author, rid FROM messages"
                 scoped = True
                 if mostly_mine:
                     # Unscoped, then filtered: rank more than asked, as some may be other users'.
@@ -1453,7 +1454,7 @@ class SQLiteStore(AuditedReads, Store):
                     ranked = _fts_candidates(conn, "messages_fts", "content", scope, match, limit)
                     rows = self._rows_by_rid(conn, select, ranked, tenant, user)
                 for row in rows:
-                    scored.append((-_lexical_score(ranked[row[5]], terms, row[1]), 0, row[5], row))
+                    scored.append((-_lexical_score(ranked[row[7]], terms, row[1]), 0, row[7], row))
             if "fact" in kinds:
                 # Superseded facts stay in the index (they are history): rank more than asked for.
                 # Unscoped first when the user holds most of the file (the scope filter would cost

@@ -395,6 +395,26 @@ class StoreConformance:
         assert [h.id for h in again] == [h.id for h in hits]
         assert await store.search_vectors(key.tenant, "someone-else", "toy", (1.0, 0.0, 0.0)) == []
 
+    async def test_hits_say_who_said_a_turn(self, store: Store, key: SessionKey) -> None:
+        """Message hits carry the turn's author and role (recall tells speakers apart by them); fact
+        hits carry neither."""
+        nora, anon = await store.append(key, [
+            _msg("I have been vegetarian since May", author="Nora"),
+            _msg("vegetarian recipes coming up", role="assistant"),
+        ])
+        fact = await store.record_fact(key.tenant, key.user, NewFact(
+            "diet", "vegetarian", "diet: vegetarian (said by Nora)", source_message_ids=(nora.id,)))
+        await store.put_vectors(key.tenant, key.user, "toy", [
+            VectorItem("message", nora.id, (1.0, 0.0)), VectorItem("message", anon.id, (0.8, 0.6)),
+            VectorItem("fact", fact.id, (0.6, 0.8))])
+        want = {nora.id: ("user", "Nora"), anon.id: ("assistant", None), fact.id: (None, None)}
+        lexical = await store.search_text(key.tenant, key.user, "vegetarian")
+        vector = await store.search_vectors(key.tenant, key.user, "toy", (1.0, 0.0))
+        for hits in (lexical, vector):
+            assert {h.id: (h.role, h.author) for h in hits} == want
+        only_messages = await store.search_text(key.tenant, key.user, "vegetarian", kinds=("message",))
+        assert {h.id: h.author for h in only_messages} == {nora.id: "Nora", anon.id: None}
+
     # -- learning queue ----------------------------------------------------------------------------
     async def test_learn_jobs_are_leased_retried_and_completed(self, store: Store, key: SessionKey) -> None:
         await store.append(key, [_msg("a"), _msg("b")])
