@@ -108,6 +108,8 @@ async def test_plain_autogen_contexts_get_exactly_one_leading_block(store: amber
 
 async def test_query_metadata_schema_and_explicit_add_correct_forget_clear(store: amber.Store) -> None:
     await seed(store)
+    (nora,) = await store.append(amber.SessionKey("acme", "u-42", "last-month"), [
+        amber.NewMessage("user", "Nora asking: is the claim number on the letter?", author="Nora")])
     key = amber.SessionKey("acme", "u-42", "today")
     memory = AmberMemory(store, key)
     result = await memory.query("claim number")
@@ -115,12 +117,16 @@ async def test_query_metadata_schema_and_explicit_add_correct_forget_clear(store
     for item in result.results:
         meta = item.metadata or {}
         assert set(meta) == {"id", "kind", "score", "source_message_ids", "valid_from", "valid_to", "superseded",
-                             "thread", "seq", "created_at", "paths"}
+                             "thread", "seq", "created_at", "role", "author", "paths"}
         assert meta["kind"] in ("turn", "fact") and 0.0 <= meta["score"] <= 1.0
         if meta["kind"] == "fact":
             assert meta["source_message_ids"] and meta["valid_from"] and meta["seq"] is None
+            assert meta["role"] is None and meta["author"] is None
         else:
             assert meta["seq"] >= 1 and meta["thread"] == "last-month"
+            assert meta["role"] in ("user", "assistant")
+            assert meta["author"] == ("Nora" if meta["id"] == nora.id else None)
+    assert nora.id in {(item.metadata or {})["id"] for item in result.results}
 
     await memory.add(MemoryContent(content="Customer is hard of hearing; use written channels.",
                                    mime_type=MemoryMimeType.TEXT, metadata={"attribute": "accessibility"}))

@@ -94,6 +94,8 @@ def hit_metadata(hit: Hit) -> dict[str, Any]:
         "thread": hit.thread,
         "seq": hit.seq,
         "created_at": _iso(hit.created_at),
+        "role": hit.role,
+        "author": hit.author,
         "paths": {k: float(v) for k, v in hit.paths.items()},
     }
 
