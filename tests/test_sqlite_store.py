@@ -241,3 +241,63 @@ async def test_concurrent_retries_in_one_batch_store_one_message(url: str) -> No
         stored = await store.read_since(key)
     assert len(stored) == 1 and {m.id for m in results[8:]} == {stored[0].id}
     assert [m.seq for m in results[:8]] == [1] * 8
+
+
+_RANKING_TEXTS = [
+    "my car insurance policy number is P-4411",
+    "the car broke down again on the motorway, the car is old",
+    "which insurance covers a rental car? insurance questions again",
+    "policy renewal is due in May",
+    "café opening hours changed; the café near the office",  # accents: FTS5 folds them away
+    "my_user_name is on the new card",  # "_" splits tokens: "my_user_name" is a three-token phrase
+    "nothing relevant here at all",
+    "number please, the number on the card",
+]
+
+
+async def test_ranking_a_users_matches_in_python_agrees_with_fts5_bm25(url: str) -> None:
+    """_bm25_in_scope reproduces FTS5's own bm25 when the user's rows are the whole table (the only
+    difference it makes on purpose is the IDF's row count: the user's rows, not the table's)."""
+    from amber.store.sqlite import _bm25_in_scope, _fts_query, _scope_token
+
+    async with await amber.open_store(url) as store:
+        await store.append(SessionKey("t", "u", "s"), [NewMessage("user", t) for t in _RANKING_TEXTS * 3])
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        scope = f'scope : "{_scope_token("t", "u")}"'
+        for query in ("car insurance policy number", "cafe", "my_user_name card", "insurance"):
+            terms = _fts_query(query)
+            assert terms is not None
+            match = f"{scope} AND content : ({' OR '.join(terms)})"
+            expected = conn.execute("SELECT rowid, rank FROM messages_fts WHERE messages_fts MATCH ? "
+                                    "ORDER BY rank, rowid LIMIT 10", (match,)).fetchall()
+            counts = {t: conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?",
+                                      (f"{scope} AND content : ({t})",)).fetchone()[0] for t in terms}
+            got = _bm25_in_scope(conn, "messages_fts", "content", scope, counts, 10)
+            assert expected, query
+            assert list(got) == [rowid for rowid, _ in expected], query
+            assert list(got.values()) == pytest.approx([rank for _, rank in expected], rel=1e-9), query
+    finally:
+        conn.close()
+
+
+async def test_a_users_matches_in_a_crowded_file_are_ranked_by_the_users_own_term_counts(url: str) -> None:
+    """In a file where other users hold nearly every row, one user's lexical search is ranked over
+    that user's rows (the IDF counts the user's rows, not the file's): "number", in every other
+    user's rows but one of mine, is what tells my rows apart, and "garden", in most of mine and
+    nobody else's, is not. FTS5's bm25 over the whole file would rank the other way round."""
+    async with await amber.open_store(url) as store:
+        crowd = [NewMessage("user", f"reference number {i} for the account") for i in range(400)]
+        for u in range(5):
+            await store.append(SessionKey("t", f"crowd{u}", "s"), crowd)
+        mine = await store.append(SessionKey("t", "me", "s"), [
+            NewMessage("user", "the garden needs watering"),
+            NewMessage("user", "my membership number is M-77"),
+            NewMessage("user", "garden party on Sunday in the garden"),
+            NewMessage("user", "garden shed keys are with Ann"),
+            NewMessage("user", "the weather was fine"),
+        ])
+        hits = await store.search_text("t", "me", "garden number", limit=3, kinds=("message",))
+        assert [h.id for h in hits][0] == mine[1].id
+        assert {h.user for h in hits} == {"me"} and len(hits) == 3
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
