@@ -150,3 +150,46 @@ async def test_large_users_use_the_hnsw_index_with_the_user_filter(pgvector_serv
         assert {(h.role, h.author) for h in hits} == {("user", "Nora")}  # this path reads them too
     finally:
         await store.close()
+
+
+async def test_prepare_loads_the_index_reads_nothing_out_and_searches_answer_as_without_it() -> None:
+    """PostgreSQL ``prepare_vectors`` (recall calls it while the query is embedded) loads the user's
+    in-process index without reading anything out, catches up with another handle's changes, and
+    the search that follows answers exactly as a handle that never prepared."""
+    import numpy as np
+
+    schema = f"amber_prep_{uuid.uuid4().hex[:8]}"
+    url = _url(POSTGRES_URL, schema)
+    rng = np.random.default_rng(5)
+
+    async def seed(store: amber.Store, thread: str, n: int) -> None:
+        msgs = await store.append(amber.SessionKey("t", "u", thread), [NewMessage("user", f"{thread} {i}") for i in range(n)])
+        await store.put_vectors("t", "u", "toy", [VectorItem("message", m.id, tuple(map(float, rng.standard_normal(16))))
+                                                  for m in msgs])
+
+    reader, writer = await amber.open_store(url), await amber.open_store(url)
+    try:
+        await seed(writer, "a", 300)
+        await reader.prepare_vectors("t", "u", "toy")
+        assert reader.vector_index_stats()["t/u/toy"]["message"]["live"] == 300
+        await reader.chain_audit("t")
+        assert await reader.list_audit("t", operation="search.vector") == []  # nothing was read out
+        await seed(writer, "b", 40)
+        await writer.delete_session(amber.SessionKey("t", "u", "a"))
+        await reader.prepare_vectors("t", "u", "toy")
+        assert reader.vector_index_stats()["t/u/toy"]["message"]["live"] == 40
+        q = tuple(map(float, rng.standard_normal(16)))
+        prepared = await reader.search_vectors("t", "u", "toy", q, limit=10)
+        fresh = await amber.open_store(url)
+        try:
+            plain = await fresh.search_vectors("t", "u", "toy", q, limit=10)
+        finally:
+            await fresh.close()
+        assert [(h.id, h.score) for h in prepared] == [(h.id, h.score) for h in plain] and len(plain) == 10
+        await reader.prepare_vectors("t", "nobody", "toy")  # no vectors: nothing cached, no error
+        assert "t/nobody/toy" not in reader.vector_index_stats()
+    finally:
+        await reader.close()
+        await writer.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
