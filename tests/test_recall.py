@@ -257,6 +257,29 @@ async def test_a_name_in_the_best_hit_bridges_to_the_second_hop(store: amber.Sto
     assert not any("07700" in h.text for h in plain)
 
 
+async def test_a_second_hop_already_in_the_answer_is_not_pushed_out_by_other_finds(store: amber.Store) -> None:
+    # The second hop ranked last within the limit, below where a bridge find of the same seed goes:
+    # it is lifted to that score, so the find placed above it cannot push it out of the answer.
+    key = amber.SessionKey("t-lift", "gil", "s")
+    first, other, second, unrelated = await store.append(key, [
+        NewMessage("user", "Put my sister Aisha down as my emergency contact."),
+        NewMessage("user", "The office printer in Leeds jammed again."),
+        NewMessage("user", "Aisha has a new mobile: 07700 900 123."),
+        NewMessage("user", "It rained all week in Leeds."),
+    ])
+
+    def hit(m: amber.Message, score: float) -> Hit:
+        return Hit("message", m.id, score, m.content, key.tenant, key.user, key.thread, m.seq, m.created_at,
+                   (m.id,), paths={"fused": score})
+
+    ranked = [hit(first, 1.0), hit(other, 0.6), hit(second, 0.25)]
+    bridged = await Recall(store)._bridge(key.tenant, key.user, ranked, {"emergency", "contact"},
+                                          ("message",), 3, lambda hits: hits)
+    assert [h.id for h in bridged[:3]] == [first.id, other.id, second.id]
+    assert bridged[2].score == 0.5 and "bridge" in bridged[2].paths
+    assert bridged[3].id == unrelated.id and bridged[3].score == 0.3  # found via "Leeds", placed below
+
+
 async def test_an_unreachable_embedder_degrades_to_the_lexical_answer(store: amber.Store) -> None:
     # The lexical search runs while the query is being embedded; when embedding fails (a real
     # endpoint that refuses connections), the lexical candidates alone make the answer.
@@ -273,3 +296,63 @@ async def test_an_unreachable_embedder_degrades_to_the_lexical_answer(store: amb
     lexical = await Recall(store).search("t-degrade", "fay", "parcel tracking code", now=NOW)
     assert degraded and [h.id for h in degraded] == [h.id for h in lexical]
     assert "TRK-88213" in degraded[0].text and all("vector" not in h.paths for h in degraded)
+
+
+# -- the speaker prior: a question naming one speaker prefers that speaker's turns ----------------
+async def _two_speakers(store: amber.Store, tenant: str) -> None:
+    key = amber.SessionKey(tenant, "chat", "s1")
+    turns = [
+        NewMessage("assistant", "I go to the pottery workshop downtown every week, the pottery workshop is "
+                   "great.", author="Idris", created_at=T0),
+        NewMessage("user", "Oh nice. I went to a pottery workshop on Saturday.", author="Nora",
+                   created_at=T0 + timedelta(seconds=30)),
+    ]
+    turns += [NewMessage("user" if i % 2 else "assistant", f"Routine chat {i} about the weather.",
+                         author="Nora" if i % 2 else "Idris", created_at=T0 + timedelta(minutes=i + 1))
+              for i in range(10)]
+    await store.append(key, turns)
+
+
+@pytest.mark.parametrize("modes", [("lexical",), ("lexical", "vector")], ids=["lexical", "hybrid"])
+async def test_a_question_naming_one_speaker_prefers_their_turns(store: amber.Store,
+                                                                 modes: tuple[str, ...]) -> None:
+    emb = HashingEmbedder()
+    await _two_speakers(store, "t-spk")
+    await Learner(store, embedder=emb).drain()
+    query = "When did Nora go to the pottery workshop?"
+    neutral = await Recall(store, embedder=emb, speaker_penalty=1.0).search(
+        "t-spk", "chat", query, kinds=("message",), modes=modes, limit=3, now=NOW)
+    assert neutral[0].author == "Idris"  # the other speaker's similar turn outranks without the prior
+    hits = await Recall(store, embedder=emb).search("t-spk", "chat", query, kinds=("message",), modes=modes,
+                                                   limit=3, now=NOW)
+    assert hits[0].author == "Nora" and "Saturday" in hits[0].text and hits[0].paths.get("speaker") == 1.0
+    idris = next(h for h in hits if h.author == "Idris")
+    assert "speaker" not in idris.paths and idris.score < hits[0].score
+    # Possessive and lower case name her too; naming both speakers (or neither) changes nothing.
+    for named in ("Where is Nora's pottery workshop?", "where did nora go to the pottery workshop"):
+        found = await Recall(store).search("t-spk", "chat", named, kinds=("message",), now=NOW)
+        assert found[0].author == "Nora"
+    for both in ("Did Nora or Idris go to the pottery workshop?", "Who went to the pottery workshop?"):
+        plain = await Recall(store, speaker_penalty=1.0).search("t-spk", "chat", both, kinds=("message",),
+                                                                now=NOW)
+        prior = await Recall(store).search("t-spk", "chat", both, kinds=("message",), now=NOW)
+        assert [(h.id, h.score) for h in prior] == [(h.id, h.score) for h in plain]
+        assert not any("speaker" in h.paths for h in prior)
+
+
+async def test_turns_without_a_person_author_are_never_demoted(store: amber.Store) -> None:
+    # An assistant chat: AgentChat stores the source ("user", an agent's name such as "support") as
+    # the author, and other adapters none. A query mentioning "support" or naming someone in the
+    # user's own words must rank exactly as without the prior.
+    key = amber.SessionKey("t-agent", "dana", "s")
+    await store.append(key, [
+        NewMessage("user", "My support ticket number is TK-4410, Nora from billing opened it.",
+                   author="user"),
+        NewMessage("assistant", "Support ticket TK-4410 is open; support will call you.", author="support"),
+        NewMessage("user", "Nora also said the support ticket is urgent."),
+        NewMessage("assistant", "Noted, I flagged the support ticket as urgent.", author="Helper Bot"),
+    ])
+    for query in ("How do I reach support about my ticket?", "What did Nora say about the support ticket?"):
+        plain = await Recall(store, speaker_penalty=1.0).search("t-agent", "dana", query, now=NOW)
+        prior = await Recall(store).search("t-agent", "dana", query, now=NOW)
+        assert plain and [(h.id, h.score) for h in prior] == [(h.id, h.score) for h in plain]

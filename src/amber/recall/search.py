@@ -10,8 +10,10 @@ No model is called on the read path except the embedder for the query's own vect
    a backend's BM25 and cosine scores, and a hit found by one path keeps the score of its rank
    there) or min-max score fusion (``fusion="score"``);
 4. re-ranking: a time expression in the query ("last week", "in May") demotes hits outside its
-   interval; turns whose facts were superseded are demoted and marked (``paths["superseded"]``);
-   recency only breaks near-ties (a newer statement above an older, equally similar one);
+   interval; a query naming some of the speakers among the candidates ("When did Caroline go to the
+   support group?") demotes the other speakers' turns; turns whose facts were superseded are demoted
+   and marked (``paths["superseded"]``); recency only breaks near-ties (a newer statement above an
+   older, equally similar one);
 5. one slot per piece of information: turns with the same text collapse into the best-ranked one,
    and a fact and the turns it was learned from share one slot (a fact hit covers its sources);
 6. bridging (multi-hop): names and identifiers in the best hits that the query does not mention are
@@ -127,7 +129,8 @@ class Recall:
     Tuning knobs (defaults measured on two differently shaped synthetic sets, see docs/memory.md):
     ``fusion`` ("rrf" or "score"), ``rrf_k``, ``weights`` per mode, ``fact_boost``,
     ``recency_weight`` and ``recency_half_life_days`` (a tie-breaker: keep it small),
-    ``time_penalty`` (for hits outside a time expression's interval), ``superseded_penalty``,
+    ``time_penalty`` (for hits outside a time expression's interval), ``speaker_penalty`` (for turns
+    by a speaker the query does not name when it names another; 1.0 turns it off), ``superseded_penalty``,
     ``pool`` (candidates per mode), ``dedup`` (one slot per text, and per fact with its sources),
     ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off).
     """
@@ -144,6 +147,7 @@ class Recall:
         recency_weight: float = 0.02,
         recency_half_life_days: float = 30.0,
         time_penalty: float = 0.6,
+        speaker_penalty: float = 0.7,
         superseded_penalty: float = 0.6,
         pool: int = 50,
         dedup: bool = True,
@@ -153,6 +157,8 @@ class Recall:
     ) -> None:
         if fusion not in ("rrf", "score"):
             raise InvalidInput(f"fusion must be 'rrf' or 'score', got {fusion!r}")
+        if not 0.0 <= speaker_penalty <= 1.0:
+            raise InvalidInput(f"speaker_penalty must be in [0, 1], got {speaker_penalty!r}")
         self.store = store
         self.embedder = embedder
         self.fusion = fusion
@@ -162,6 +168,7 @@ class Recall:
         self.recency_weight = recency_weight
         self.recency_half_life_days = recency_half_life_days
         self.time_penalty = time_penalty
+        self.speaker_penalty = speaker_penalty
         self.superseded_penalty = superseded_penalty
         self.pool = pool
         self.dedup = dedup
@@ -218,7 +225,7 @@ class Recall:
         lists = await self._candidates(tenant, user, query, words, modes, kinds, pool, keep)
         fused = self._fuse(lists)
         window = parse_time_range(query, now)
-        ranked = await self._rerank(tenant, user, fused, now, window, limit)
+        ranked = await self._rerank(tenant, user, fused, now, window, limit, query)
         if self.dedup:
             ranked = _one_slot_each(ranked)
         if self.bridge and "lexical" in modes and ranked:
@@ -313,12 +320,23 @@ class Recall:
         now: datetime,
         window: TimeRange | None,
         limit: int,
+        query: str,
     ) -> list[Hit]:
         window = _anchor(window, [self._when(h) for h, _, _ in fused.values()])
+        named: set[str] = set()
+        unnamed: set[str] = set()
+        if self.speaker_penalty != 1.0:
+            named, unnamed = _speakers(query, [h for h, _, _ in fused.values()])
         scored: list[tuple[Hit, float, dict[str, float]]] = []
         for hit, score, paths in fused.values():
             paths = dict(paths)
             at = self._when(hit)
+            if unnamed and hit.kind == "message" and hit.author:
+                speaker = hit.author.strip().casefold()
+                if speaker in named:
+                    paths["speaker"] = 1.0
+                elif speaker in unnamed:
+                    score *= self.speaker_penalty
             if hit.kind == "fact":
                 score *= self.fact_boost
             if self.recency_weight:
@@ -386,24 +404,34 @@ class Recall:
             return ranked
         found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
                                                   kinds=kinds))
-        present = {(h.kind, h.id) for h in ranked[:limit]}
+        present = {(h.kind, h.id): h for h in ranked[:limit]}
         covered = {m for h in ranked[:limit] for m in (h.source_message_ids or (h.id,))} | {
             h.id for h in ranked[:limit]}
         texts = {_norm_text(h.text) for h in ranked[:limit]}
         extra: list[Hit] = []
+        lifted: dict[tuple[str, str], Hit] = {}
         for h in found:
-            if (h.kind, h.id) in present or h.id in covered or _norm_text(h.text) in texts:
+            if (h.kind, h.id) not in present and (h.id in covered or _norm_text(h.text) in texts):
                 continue
             words = {w.lower() for w in re.findall(r"\w+", h.text)}
             seed = next((hit for term, hit in seeds.items() if term in words or term in h.text.lower()), None)
             if seed is None:
                 continue
             score = seed.score * self.bridge_weight
+            if (h.kind, h.id) in present:
+                # Already in the answer, but maybe low enough for the finds placed above it to push it
+                # out: it ranks at least where a find of the same seed would.
+                old = present[(h.kind, h.id)]
+                if score > old.score:
+                    lifted[(h.kind, h.id)] = replace(old, score=score,
+                                                     paths={**old.paths, "bridge": h.score, "fused": score})
+                continue
             extra.append(replace(h, score=score, paths={"bridge": h.score, "fused": score}))
             texts.add(_norm_text(h.text))
-        if not extra:
+        if not extra and not lifted:
             return ranked
-        rest = [h for h in ranked if (h.kind, h.id) not in {(e.kind, e.id) for e in extra}]
+        placed = {(e.kind, e.id) for e in extra}
+        rest = [lifted.get((h.kind, h.id), h) for h in ranked if (h.kind, h.id) not in placed]
         merged = rest + extra
         merged.sort(key=lambda h: (-h.score, 0 if h.kind == "fact" else 1, h.id))
         return merged
@@ -427,6 +455,35 @@ class Recall:
                 out.append(Hit("message", m.id, score, m.content, tenant, user, hit.thread, m.seq, m.created_at,
                                (m.id,), None, None, {"neighbour": 1.0, "fused": score}, m.role, m.author))
         return out
+
+
+def _is_person_name(author: str) -> bool:
+    """One to three capitalised words ("Nora", "Mateo Brennan", "Zoë"): the speakers a question names.
+    Agent ids ("user", "user_proxy", "support") are not: a query saying "contact support" must not
+    demote what the user said to an agent called support."""
+    words = author.split(" ")
+    return 1 <= len(words) <= 3 and all(
+        w[:1].isupper() and all(c.isalpha() or c in "'’-." for c in w) and (len(w) <= 2 or not w.isupper())
+        for w in words)
+
+
+def _speakers(query: str, hits: Sequence[Hit]) -> tuple[set[str], set[str]]:
+    """The speakers (casefolded authors of message hits, person names only) ``query`` names and those
+    it does not; both empty unless it names some but not all. A speaker is named by the whole name or,
+    for a name of several words, its first ("Mateo" for "Mateo Brennan"), as a whole word in any case;
+    "Nora's" names Nora."""
+    authors = {a for h in hits if h.kind == "message" and h.author and _is_person_name(a := h.author.strip())}
+    if len(authors) < 2:
+        return set(), set()
+    named: set[str] = set()
+    for author in authors:
+        forms = {author, author.split(" ")[0]}
+        if any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", query, re.IGNORECASE) for form in forms):
+            named.add(author.casefold())
+    everyone = {a.casefold() for a in authors}
+    if not named or named == everyone:
+        return set(), set()
+    return named, everyone - named
 
 
 def _one_slot_each(ranked: list[Hit]) -> list[Hit]:
