@@ -153,6 +153,9 @@ async def test_bad_queries_get_amber_errors(store: amber.Store) -> None:
     with pytest.raises(amber.InvalidInput):
         await recall.search("t", "u", 42)  # type: ignore[arg-type]
     assert await recall.search("t", "u", "   ") == []
+    for penalty in (-0.1, 1.5):  # a factor in [0, 1]: above 1 it would favour the speakers not named
+        with pytest.raises(amber.InvalidInput):
+            Recall(store, speaker_penalty=penalty)
 
 
 # -- the block ------------------------------------------------------------------------------------------
