@@ -2195,17 +2195,8 @@ def _fts_average_tokens(conn: sqlite3.Connection, table: str) -> float:
     values: list[int] = []
     block = bytes(row[0]) if row and row[0] else b""
     i = 0
-    while i < len(block):  # SQLite varints: 7 bits a byte, high bit set on all but the last; 9th byte whole
-        value = 0
-        for j in range(9):
-            byte = block[i]
-            i += 1
-            if j == 8:
-                value = (value << 8) | byte
-                break
-            value = (value << 7) | (byte & 0x7F)
-            if not byte & 0x80:
-                break
+    while i < len(block):
+        value, i = _varint(block, i)
         values.append(value)
     if len(values) < 2 or values[0] <= 0:
         return 1.0
