@@ -64,6 +64,22 @@ async def test_minilm_loads_offline_from_the_package_and_embeds_by_meaning() -> 
     assert await e.embed([]) == []
 
 
+async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode() -> None:
+    """A query (a call of few texts) takes a direct forward pass; a learner's batch goes through
+    sentence-transformers' encode. Both must give the same vectors, or stored and query vectors
+    would drift apart (long texts are cut to max_chars on both routes)."""
+    texts = ["What is my policy number?", "Nora moved to Lisbon last spring, she loves it there.",
+             "x" * 50, "word " * 600]
+    small = SentenceTransformerEmbedder(small_call_max=8)
+    batched = SentenceTransformerEmbedder(small_call_max=0)  # every call goes through encode
+    one_by_one = [(await small.embed([t]))[0] for t in texts]
+    together = await small.embed(texts)
+    reference = await batched.embed(texts)
+    for a, b, c in zip(one_by_one, together, reference):
+        assert max(abs(x - y) for x, y in zip(a, c)) < 1e-5
+        assert max(abs(x - y) for x, y in zip(b, c)) < 1e-5
+
+
 class _Endpoint:
     """A tiny OpenAI-compatible /embeddings server on a free local port."""
 
