@@ -198,6 +198,34 @@ def test_clustered_scale_vectors_are_unit_length_reproducible_and_clustered() ->
     assert float(np.median(nearest)) > 0.5
 
 
+_EXIT_MID_BUILD = """
+import sys, numpy as np
+from amber.store.vector_index import VectorIndex
+x = np.random.default_rng(0).standard_normal((30000, 384), dtype=np.float32)
+idx = VectorIndex(384, ann_threshold=1000)
+idx.add(list(range(len(x))), ["message"] * len(x), [str(i) for i in range(len(x))], x)
+assert idx.stats()["message"]["building"]
+# Objects for the interpreter to tear down at exit, so the build is still inserting when it does
+# (as with a real worker's heap).
+heap = [{{"row": i}} for i in range(2_000_000)]
+{ending}
+"""
+
+
+@pytest.mark.parametrize("ending", ["pass", "assert idx.close(wait=None) and not idx.stats()['message']['building']"])
+def test_a_process_ending_mid_build_exits_cleanly(ending: str) -> None:
+    """A graph build is native code running without the GIL. A process that ended while one ran (a
+    worker stopped while indexing a large user) aborted: "terminate called without an active
+    exception", exit status 134. Exiting, or closing the index, now stops the build first."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _EXIT_MID_BUILD.format(ending=ending)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+
+
 async def test_minilm_small_calls_use_one_thread_and_give_the_same_vectors() -> None:
     torch = pytest.importorskip("torch")
     from amber.embed import SentenceTransformerEmbedder

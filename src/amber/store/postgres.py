@@ -476,8 +476,8 @@ class PostgresStore(AuditedReads, Store):
 
             logging.getLogger("amber.audit").error("audit: read entries lost at close of %s: %s", self.url, exc)
         self._closed = True
-        for entry in self._vector_cache.values():
-            entry.index.close()  # stop background graph builds
+        indexes = [entry.index for entry in self._vector_cache.values()]
+        await asyncio.to_thread(lambda: [index.close(wait=None) for index in indexes])  # stop graph builds
         await self._pool.close()
 
     async def analyze(self) -> None:

@@ -602,8 +602,12 @@ class SQLiteStore(AuditedReads, Store):
                 logging.getLogger("amber.audit").error("audit: read entries lost at close of %s: %s", self.url, exc)
         self._closed = True
         writer, pool = self._writer, self._pool
+        with self._vector_cache_lock:
+            indexes = list(self._vector_cache.values())
 
         def shutdown() -> None:
+            for index in indexes:  # background graph builds stop after their current chunk
+                index.close(wait=None)
             if writer is not None:
                 writer.stop()
                 writer.join()  # drains writes queued before close(); then closes its connection

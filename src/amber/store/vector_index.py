@@ -25,7 +25,9 @@ comparing its rows with :meth:`VectorIndex.live_rows`, then calls :meth:`add` an
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -87,6 +89,20 @@ class Candidate:
 
 # One graph build at a time per process: building is CPU-bound and the query path needs the rest.
 _build_slot = threading.Semaphore(1)
+# Indexes that started background graph work, for the exit hook below.
+_with_threads: "weakref.WeakSet[VectorIndex]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_builds_at_exit() -> None:
+    """A graph insertion is native code running without the GIL: left running at interpreter exit it
+    outlives the runtime and aborts the process ("terminate called without an active exception",
+    exit status 134), e.g. a worker stopped while it indexes a large user. Cancel every build; each
+    stops after its current chunk (well under a second)."""
+    for index in list(_with_threads):
+        index.close()
+    for index in list(_with_threads):
+        index.wait_ready(30.0)
 
 
 class _Part:
@@ -265,10 +281,13 @@ class VectorIndex:
                 self._compact(kind)
                 self._maintain(kind)
 
-    def close(self) -> None:
-        """Stop background builds (the index stays searchable, exactly)."""
+    def close(self, *, wait: float | None = 0.0) -> bool:
+        """Stop background builds (the index stays searchable, exactly). ``wait``: seconds to wait
+        for them to stop (each stops after its current chunk; None: as long as it takes). True if
+        none is running any more."""
         for p in self._parts.values():
             p.cancelled = True
+        return self.wait_ready(wait) if wait != 0.0 else not any(t.is_alive() for t in self._threads)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until background graph work has finished (benchmarks and tests). True if it did."""
@@ -351,6 +370,7 @@ class VectorIndex:
             return
         t = threading.Thread(target=self._run, args=(p, work), name="amber-vector-index", daemon=True)
         self._threads.append(t)
+        _with_threads.add(self)
         t.start()
 
     def _run(self, p: _Part, work: Any) -> None:
