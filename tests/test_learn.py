@@ -336,3 +336,50 @@ def test_rules_keep_four_digit_numbers_and_learn_what_support_tells_the_user() -
     second = r.extract_text("Your claim has been reassigned; your adjuster is now Laura Becker.", role="assistant")
     assert [(c.attribute, c.value) for c in first + second] == [("adjuster", "Marcus Lee"), ("adjuster", "Laura Becker")]
     assert r.extract_text("Your request is with the team; reviews take five days.", role="assistant") == []
+
+
+# -- two people talking: the assistant-role speaker's own statements ----------------------------------
+def test_a_person_named_assistant_states_their_own_facts_an_agent_only_the_users_identifiers() -> None:
+    r = RuleExtractor()
+    moved = r.extract_text("Big news, we packed everything up and moved to Denver!", role="assistant",
+                           speaker="Melanie")
+    assert [(c.attribute, c.value, c.text) for c in moved] == [
+        ("melanie:home_location", "Denver", "Melanie lives in Denver.")]
+    job = r.extract_text("I handed in my notice! I start at a design studio on Monday.", role="assistant",
+                         speaker="Mateo Brennan")
+    assert [(c.attribute, c.text) for c in job] == [("mateo_brennan:employer", "Mateo Brennan works at a design studio.")]
+    # Whose identifier: "your ..." is still the user's; "my ..." is the speaker's own.
+    mixed = {(c.attribute, c.value) for c in r.extract_text(
+        "My order number is 55123 and your claim number is C-7788.", role="assistant", speaker="Melanie")}
+    assert mixed == {("melanie:order_number", "55123"), ("claim_number", "C-7788")}
+    # Their relatives are theirs, a named third person is that person (said by whom is kept).
+    sister = r.extract_text("My sister Aisha has a new mobile: 07700 900 123.", role="assistant", speaker="Melanie")
+    assert [(c.attribute, c.text) for c in sister] == [
+        ("melanie:sister_aisha:phone", "Melanie's sister Aisha's phone number is 07700 900 123.")]
+    aisha = r.extract_text("Aisha has a new mobile: 07700 900 123.", role="assistant", speaker="Melanie")
+    assert [(c.attribute, c.text) for c in aisha] == [
+        ("aisha:phone", "Aisha's phone number is 07700 900 123 (said by Melanie).")]
+    # Agents (named by a role, or an id) keep the old semantics: what they tell the user, nothing about themselves.
+    for agent in ("support", "Support", "assistant", "user_proxy", "Helper Bot", None):
+        assert r.extract_text("I moved to Denver. I'd rather not guess.", role="assistant", speaker=agent) == []
+        assert [(c.attribute, c.value) for c in r.extract_text(
+            "Your claim number is C-7788.", role="assistant", speaker=agent)] == [("claim_number", "C-7788")]
+    assert r.extract_text("Did you move to Denver?", role="assistant", speaker="Melanie") == []
+
+
+async def test_the_other_persons_move_supersedes_their_old_city_never_the_users(store: amber.Store) -> None:
+    key = amber.SessionKey("t-two", "pair", "s1")
+    turns = [("user", "Nora", "I live in Lisbon now, it's a really friendly place."),
+             ("assistant", "Melanie", "I live in Porto now, it's lovely."),
+             ("assistant", "Melanie", "Big news, we packed everything up and moved to Denver!"),
+             ("assistant", "support", "I moved to Boise.")]  # an agent's "I" is not learned
+    await store.append(key, [NewMessage(role=role, content=text, author=author,
+                                        created_at=T0 + timedelta(minutes=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    await Learner(store).drain()
+    facts = await store.list_facts("t-two", "pair", include_superseded=True)
+    current = {(f.attribute, f.value, f.text) for f in facts if f.current}
+    assert current == {("home_location", "Lisbon", "The user lives in Lisbon (said by Nora)."),
+                       ("melanie:home_location", "Denver", "Melanie lives in Denver.")}
+    porto = [f for f in facts if f.value == "Porto"]
+    assert len(porto) == 1 and porto[0].valid_to is not None  # Melanie's own old city, superseded

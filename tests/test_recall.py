@@ -359,3 +359,28 @@ async def test_turns_without_a_person_author_are_never_demoted(store: amber.Stor
         plain = await Recall(store, speaker_penalty=1.0).search("t-agent", "dana", query, now=NOW)
         prior = await Recall(store).search("t-agent", "dana", query, now=NOW)
         assert plain and [(h.id, h.score) for h in prior] == [(h.id, h.score) for h in plain]
+
+
+@pytest.mark.parametrize("modes", [("lexical",), ("lexical", "vector")], ids=["lexical", "hybrid"])
+async def test_the_other_persons_latest_city_outranks_their_old_one(store: amber.Store,
+                                                                    modes: tuple[str, ...]) -> None:
+    # Two people chatting: Melanie (role "assistant") moves twice; Nora (the user) once said where she
+    # lives. Melanie's statements are learned as her facts, so her old cities are superseded (and
+    # their turns demoted), while Nora's own city stays current.
+    emb = HashingEmbedder()
+    key = amber.SessionKey("t-move", "pair", "s1")
+    turns = [("user", "Nora", "I live in Lisbon now, it's a really friendly place."),
+             ("assistant", "Melanie", "I live in Porto now, it's a really friendly place."),
+             ("assistant", "Melanie", "Big news, we packed everything up and moved to Denver!")]
+    turns += [("user", "Nora", f"Routine chat {i} about the weather.") if i % 2 else
+              ("assistant", "Melanie", f"Routine chat {i} about the weather.") for i in range(8)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(days=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    await Learner(store, embedder=emb).drain()
+    hits = await Recall(store, embedder=emb).search("t-move", "pair", "Which city does Melanie live in now?",
+                                                   modes=modes, limit=5, now=NOW)
+    assert "Denver" in hits[0].text
+    porto = [h for h in hits if "Porto" in h.text]
+    assert all(h.paths.get("superseded") == 1.0 for h in porto)  # shown, if at all, as the old value
+    nora = await store.list_facts("t-move", "pair", attribute="home_location")
+    assert [f.value for f in nora] == ["Lisbon"]

@@ -2,8 +2,11 @@
 
 It finds what support conversations hinge on: identifiers (claim, policy, order, account numbers...),
 e-mail addresses, phone numbers, dated events, "my X is Y", stated preferences ("I prefer ..."),
-standing requests ("please always ...") and what worked last time. Rules read user turns; the
-assistant's turns contribute identifiers only (e.g. "your claim number is C-7788").
+standing requests ("please always ...") and what worked last time. Rules read user turns; an agent's
+turns contribute identifiers only (e.g. "your claim number is C-7788"). When the assistant-role
+author is a person's name (two people chatting, one of them stored with role "assistant"), that
+person's own statements are learned as theirs, under attributes of their own ("melanie:home_location",
+"Melanie lives in Denver."), so their move never supersedes the user's address.
 
 Whose fact it is matters as much as the value: in "my colleague Aisha's policy is P-369308" the
 policy is Aisha's, so it is learned as ``colleague_aisha:policy_number`` ("The user's colleague
@@ -15,6 +18,7 @@ yield no statement facts.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
@@ -106,6 +110,39 @@ saturday sunday january february march april may june july august september octo
 
 
 _PERSON = re.compile(r"[A-Z][a-z'-]+(?: [A-Z][a-z'-]+){0,2}")  # "Nora", "Mateo Brennan"; not "user_42"
+# Words agents are named by ("Support", "Assistant", "Helper Bot"): such an author is not a person, so
+# what it says about itself ("I'd rather not guess") is never learned as somebody's fact.
+_AGENT_WORDS = frozenset("""assistant support agent bot helper helpdesk service team system user admin operator
+advisor adviser representative concierge desk proxy planner coder critic executor""".split())
+_POSSESSIVE = re.compile(r"\b(my|our|your)\b", re.IGNORECASE)
+
+
+def _person(speaker: str | None) -> str | None:
+    """``speaker`` if it is a person's name ("Nora", "Mateo Brennan"), else None ("support", "user_proxy")."""
+    name = (speaker or "").strip()
+    if not _PERSON.fullmatch(name) or any(w.casefold() in _AGENT_WORDS for w in name.split()):
+        return None
+    return name
+
+
+def _nearest_possessive(sentence: str, at: int) -> str | None:
+    """The last "my"/"our"/"your" before offset ``at`` (lower case), or None."""
+    found = _POSSESSIVE.findall(sentence[:at])
+    return found[-1].lower() if found else None
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """Whose facts a turn states. ``prefix`` keeps each person's attributes apart, so another
+    speaker's move never supersedes the user's address; ``name`` replaces "The user" in fact texts;
+    ``speaker`` is who said it (appended as "(said by ...)" to texts that do not start with it)."""
+
+    prefix: str = ""
+    name: str | None = None
+    speaker: str | None = None
+
+
+_USER = _Subject()
 
 # Where a stated value ends and a side remark begins: "P-123456, it covers the Subaru".
 _CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|though|when|that|she|he|they)\b)",
@@ -114,7 +151,8 @@ _CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|th
 
 def _owner(sentence: str, at: int) -> tuple[str, str] | None:
     """(attribute prefix, how the fact text names them) if the value at offset ``at`` of ``sentence``
-    belongs to someone other than the user; None if it is the user's."""
+    belongs to someone other than the speaker; None if it is the speaker's. A relation is named as
+    the user's ("the user's sister Aisha"), a bare name as itself ("Aisha")."""
     best = None
     for m in _OTHER.finditer(sentence[:at]):
         relation, rel_name, possessive, subject = m.group(1), m.group(2), m.group(3), m.group(4)
@@ -177,40 +215,60 @@ class RuleExtractor:
 
     def extract_text(self, text: str, *, role: str = "user", at: datetime | None = None,
                      speaker: str | None = None) -> list[Candidate]:
-        """Candidates from one turn. ``speaker``: the author's name; a fact learned from a user turn
-        whose author is a person's name says who said it ("... (said by Nora)"), so a question
-        naming them finds it."""
+        """Candidates from one turn. ``speaker``: the author's name.
+
+        A user turn states the user's facts; when its author is a person's name the fact says who
+        said it ("... (said by Nora)"), so a question naming them finds it. An assistant turn gives
+        what it tells the user (identifiers, "your adjuster is ..."). When the assistant's author is
+        a person's name (the other human of a two-person chat, not an agent called "support"), its
+        own statements are learned too, as that speaker's: "I moved to Denver" by Melanie is
+        ``melanie:home_location`` ("Melanie lives in Denver."), and supersedes only Melanie's city."""
         if role not in ("user", "assistant") or not text.strip():
             return []
         out: list[Candidate] = []
         seen: set[tuple[str, str]] = set()
-        said_by = ""
-        if role == "user" and speaker and _PERSON.fullmatch(speaker.strip()):
-            said_by = f" (said by {speaker.strip()})"
+        person = _person(speaker)
+        # The subject of the turn's first-person statements: the user, or the other person speaking.
+        me = _Subject(speaker=person) if role == "user" else _USER
+        other = _Subject(slug(person, words=3) + ":", person, person) if role != "user" and person else None
+        subject = me if other is None else other
 
-        def add(attribute: str, value: str, fact_text: str, kind: str, confidence: float, **meta: str) -> None:
+        def add(attribute: str, value: str, fact_text: str, kind: str, confidence: float,
+                who: _Subject = _USER, **meta: str) -> None:
             value = _clean(value)
             if not value:
                 return
+            attribute = who.prefix + attribute
             key = (attribute, value.casefold())
             if key in seen:
                 return
             seen.add(key)
             body = fact_text.format(value)
-            if said_by:
-                body = body[:-1] + said_by + "." if body.endswith(".") else body + said_by
+            if who.name and body.startswith("The user"):
+                body = who.name + body[len("The user"):]
+            if who.speaker and not body.startswith(who.speaker):
+                said = f" (said by {who.speaker})"
+                body = body[:-1] + said + "." if body.endswith(".") else body + said
             out.append(Candidate(attribute, value, body, kind, confidence, dict(meta)))
 
         def add_value(attribute: str, value: str, what: str, kind: str, confidence: float,
-                      sentence: str, at: int) -> None:
+                      sentence: str, at: int, who: _Subject) -> None:
             """An identifier/contact value, attributed to whoever the sentence says it belongs to."""
             owner = _owner(sentence, at)
             if owner is None:
-                add(attribute, value, f"The user's {what} is {{}}.", kind, confidence)
+                add(attribute, value, f"The user's {what} is {{}}.", kind, confidence, who)
             else:
                 prefix, label = owner
+                if not label.startswith("the user's"):  # a name ("Aisha's"): the same person whoever speaks
+                    who = _Subject(speaker=who.speaker)
                 add(f"{prefix}:{attribute}", value, f"{label[0].upper()}{label[1:]}'s {what} is {{}}.", kind,
-                    confidence * 0.9, about=label)
+                    confidence * 0.9, who, about=label)
+
+        def whose(sentence: str, at: int) -> _Subject:
+            """A contact detail in the speaker's turn: theirs, unless the other person speaks of "your ..."."""
+            if other is not None and _nearest_possessive(sentence, at) == "your":
+                return _USER
+            return subject
 
         sentences = [x.strip() for x in _SENTENCE.split(text) if x.strip()]
         for sentence in sentences:
@@ -222,14 +280,19 @@ class RuleExtractor:
                         continue
                     noun = m.group(1).lower()
                     if role == "user":
-                        add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start())
-                    else:
+                        add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start(),
+                                  me)
+                    elif other is not None and _nearest_possessive(sentence, m.start()) in ("my", "our"):
+                        add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start(),
+                                  other)
+                    else:  # what an agent tells the user: "your claim number is C-7788"
                         add(f"{noun}_number", value, f"The user's {noun} number is {{}}.", "identifier", 0.9)
                     identifier_spans.append(m.span(2))
-            if role != "user":
+            if role != "user" and other is None:
                 continue
             for m in _EMAIL.finditer(sentence):
-                add_value("email", m.group(0), "e-mail address", "contact", 0.9, sentence, m.start())
+                add_value("email", m.group(0), "e-mail address", "contact", 0.9, sentence, m.start(),
+                          whose(sentence, m.start()))
             date_spans = [m.span() for m in _DATE.finditer(sentence)]
             for m in _PHONE.finditer(sentence):
                 start, end = m.span(1)
@@ -238,7 +301,7 @@ class RuleExtractor:
                 value = m.group(1).strip()
                 if not 7 <= _digits(value) <= 15 or re.fullmatch(r"\d{4}", value):
                     continue
-                add_value("phone", value, "phone number", "contact", 0.85, sentence, start)
+                add_value("phone", value, "phone number", "contact", 0.85, sentence, start, whose(sentence, start))
         if role != "user":
             for sentence in sentences:
                 if sentence.endswith("?"):
@@ -246,7 +309,8 @@ class RuleExtractor:
                 for m in _YOUR_X_IS_Y.finditer(sentence):
                     what = m.group(1).lower()
                     add(slug(what, words=3), m.group(2), f"The user's {what} is {{}}.", "statement", 0.8)
-            return out
+            if other is None:
+                return out
 
         values = [c.value for c in out]
         for sentence in sentences:
@@ -264,23 +328,23 @@ class RuleExtractor:
                     continue  # the identifier or contact rule already has it, exactly
                 if re.match(rf"(?i:{_RELATION})\b", what):
                     # "my sister Aisha's phone is ...", "my colleague is Aisha": about them, said as such
-                    add(attribute, value, f"The user's {what} is {{}}.", "statement", 0.8)
+                    add(attribute, value, f"The user's {what} is {{}}.", "statement", 0.8, subject)
                     continue
-                add(attribute, value, f"The user's {what.lower()} is {{}}.", "statement", 0.85)
+                add(attribute, value, f"The user's {what.lower()} is {{}}.", "statement", 0.85, subject)
             for pattern, attribute, template in _I_VERB:
                 for m in pattern.finditer(sentence):
-                    add(attribute, m.group(1), template, "statement", 0.8)
+                    add(attribute, m.group(1), template, "statement", 0.8, subject)
             for m in _PREFER.finditer(sentence):
                 what = m.group(1)
-                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.8)
+                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.8, subject)
             for m in _LIKE_BETTER.finditer(sentence):
                 what = m.group(1)
-                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.7)
+                add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.7, subject)
             for m in _STANDING.finditer(sentence):
                 verb, action = m.group(1).lower(), _clean(m.group(2))
                 if action:
                     add("request:" + slug(f"{verb} {action}", words=6), f"{verb} {action}",
-                        "The user asked to {}.", "preference", 0.8)
+                        "The user asked to {}.", "preference", 0.8, subject)
             for pattern in _WORKED:
                 m = pattern.search(sentence)
                 if m is None:
@@ -288,10 +352,10 @@ class RuleExtractor:
                 what = _clean(m.group(1))
                 if not what or _PRONOUN_SUBJECT.match(what) or len(what.split()) > 14:
                     continue
-                add("resolution:" + slug(what, words=5), what, "What worked before: {}.", "resolution", 0.75)
+                add("resolution:" + slug(what, words=5), what, "What worked before: {}.", "resolution", 0.75, subject)
                 break
             dates = _DATE.findall(sentence)
             if dates and len(sentence) <= 400:
-                add("event:" + slug(sentence, words=8), sentence, "The user said: {}", "event", 0.7,
+                add("event:" + slug(sentence, words=8), sentence, "The user said: {}", "event", 0.7, subject,
                     date=dates[0])
         return out
