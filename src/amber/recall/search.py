@@ -118,6 +118,11 @@ def _bridge_terms(text: str, query_words: set[str]) -> list[str]:
     return out
 
 
+def _content_terms(text: str, query_words: set[str]) -> list[str]:
+    """The words of ``text`` a follow-up would repeat: content words of 4+ letters the query lacks."""
+    return [w for w in lexical_query(text).split() if len(w) >= 4 and w.isalpha() and w not in query_words]
+
+
 def _norm_text(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.casefold()))
 
@@ -225,11 +230,15 @@ class Recall:
         lists = await self._candidates(tenant, user, query, words, modes, kinds, pool, keep)
         fused = self._fuse(lists)
         window = parse_time_range(query, now)
-        ranked = await self._rerank(tenant, user, fused, now, window, limit, query)
+        named: set[str] = set()
+        unnamed: set[str] = set()
+        if self.speaker_penalty != 1.0:
+            named, unnamed = _speakers(query, [h for h, _, _ in fused.values()])
+        ranked = await self._rerank(tenant, user, fused, now, window, limit, named, unnamed)
         if self.dedup:
             ranked = _one_slot_each(ranked)
         if self.bridge and "lexical" in modes and ranked:
-            ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep)
+            ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep, named, unnamed)
         top = ranked[:limit]
         if neighbours and top:
             top = await self._with_neighbours(tenant, user, top, neighbours, skip)
@@ -237,9 +246,12 @@ class Recall:
 
     async def _candidates(self, tenant: str, user: str, query: str, words: str, modes: Sequence[str],
                           kinds: Sequence[str], pool: int, keep: Any) -> dict[str, list[Hit]]:
-        """Each mode's candidate list. The lexical search runs while the query is being embedded
-        (the embedder and the store work in threads, so on two cores the lexical search costs no
-        wall time); the vector search follows the embedding. Lists keep the order lexical, vector."""
+        """Each mode's candidate list. While the query is being embedded (in a thread), the store
+        loads the user's vector index and then runs the lexical search, one after the other: so on
+        two cores neither costs wall time, and the embedding keeps a core to itself (run side by
+        side, the three slowed each other: a user's first search at 1M memories took 27 ms at p50
+        instead of 18-22). The vector search follows the embedding. Lists keep the order lexical,
+        vector."""
 
         async def vector_hits() -> list[Hit] | None:
             assert self.embedder is not None
@@ -253,10 +265,15 @@ class Recall:
 
         want_lexical = "lexical" in modes and bool(words)
         want_vector = "vector" in modes and self.embedder is not None
+        prepare = self._prepare_vectors(tenant, user) if want_vector else None
         lexical: asyncio.Task[list[Hit]] | None = None
         if want_lexical and want_vector:
-            lexical = asyncio.ensure_future(self.store.search_text(tenant, user, words, limit=pool, kinds=kinds))
-        prepare = self._prepare_vectors(tenant, user) if want_vector else None
+            async def lexical_after_prepare() -> list[Hit]:
+                if prepare is not None:
+                    await asyncio.wait([prepare])  # its outcome is handled below; never cancel it from here
+                return await self.store.search_text(tenant, user, words, limit=pool, kinds=kinds)
+
+            lexical = asyncio.ensure_future(lexical_after_prepare())
         lists: dict[str, list[Hit]] = {}
         try:
             vector = await vector_hits() if want_vector else None
@@ -320,19 +337,20 @@ class Recall:
         now: datetime,
         window: TimeRange | None,
         limit: int,
-        query: str,
+        named: set[str],
+        unnamed: set[str],
     ) -> list[Hit]:
         window = _anchor(window, [self._when(h) for h, _, _ in fused.values()])
-        named: set[str] = set()
-        unnamed: set[str] = set()
-        if self.speaker_penalty != 1.0:
-            named, unnamed = _speakers(query, [h for h, _, _ in fused.values()])
         scored: list[tuple[Hit, float, dict[str, float]]] = []
         for hit, score, paths in fused.values():
             paths = dict(paths)
             at = self._when(hit)
+            speaker = None
             if unnamed and hit.kind == "message" and hit.author:
                 speaker = hit.author.strip().casefold()
+            elif unnamed and hit.kind == "fact" and getattr(self, "fact_speakers", False):
+                speaker = _named_in(hit.text, named | unnamed)
+            if speaker:
                 if speaker in named:
                     paths["speaker"] = 1.0
                 elif speaker in unnamed:
@@ -388,13 +406,23 @@ class Recall:
         return await self.store.superseded_sources(tenant, user, [h.id for h in fact_hits])
 
     async def _bridge(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str],
-                      kinds: Sequence[str], limit: int, keep: Any) -> list[Hit]:
+                      kinds: Sequence[str], limit: int, keep: Any, named: set[str] = frozenset(),
+                      unnamed: set[str] = frozenset()) -> list[Hit]:
         """Multi-hop: one more lexical lookup for names and identifiers the best hits mention and the
         query does not; each find ranks just below the hit that named it."""
         seeds: dict[str, Hit] = {}
         for hit in ranked[: self.bridge]:
             for term in _bridge_terms(hit.text, query_words):
                 seeds.setdefault(term.lower(), hit)
+        prf_terms: set[str] = set()
+        if getattr(self, "prf", 0) and ranked:
+            for hit in ranked[: self.prf]:
+                if hit.kind != "message" or not hit.author:
+                    continue
+                for term in _content_terms(hit.text, query_words):
+                    if term not in seeds:
+                        seeds[term] = hit
+                        prf_terms.add(term)
         if not seeds:
             return ranked
         # A find ranks at its seed's score times bridge_weight, below every hit scoring more: when
@@ -402,8 +430,9 @@ class Recall:
         if len(ranked) >= limit and ranked[limit - 1].score > max(
                 hit.score * self.bridge_weight for hit in seeds.values()):
             return ranked
-        found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
-                                                  kinds=kinds))
+        cap = getattr(self, "bridge_finds", None) or max(5, limit // 2)
+        found = keep(await self.store.search_text(tenant, user, " ".join(seeds),
+                                                  limit=cap * getattr(self, "bridge_over", 1), kinds=kinds))
         present = {(h.kind, h.id): h for h in ranked[:limit]}
         covered = {m for h in ranked[:limit] for m in (h.source_message_ids or (h.id,))} | {
             h.id for h in ranked[:limit]}
@@ -413,11 +442,21 @@ class Recall:
         for h in found:
             if (h.kind, h.id) not in present and (h.id in covered or _norm_text(h.text) in texts):
                 continue
+            if len(extra) >= cap:
+                break
             words = {w.lower() for w in re.findall(r"\w+", h.text)}
-            seed = next((hit for term, hit in seeds.items() if term in words or term in h.text.lower()), None)
+            seed = next((hit for term, hit in seeds.items() if term not in prf_terms and (
+                term in words or term in h.text.lower())), None)
+            if seed is None:
+                same = (h.author or "").strip().casefold()
+                seed = next((hit for term, hit in seeds.items() if term in prf_terms and term in words
+                             and same and (hit.author or "").strip().casefold() == same), None)
             if seed is None:
                 continue
             score = seed.score * self.bridge_weight
+            if getattr(self, "bridge_speakers", False) and unnamed and h.kind == "message" and h.author \
+                    and h.author.strip().casefold() in unnamed:
+                score *= self.speaker_penalty
             if (h.kind, h.id) in present:
                 # Already in the answer, but maybe low enough for the finds placed above it to push it
                 # out: it ranks at least where a find of the same seed would.
@@ -484,6 +523,14 @@ def _speakers(query: str, hits: Sequence[Hit]) -> tuple[set[str], set[str]]:
     if not named or named == everyone:
         return set(), set()
     return named, everyone - named
+
+
+def _named_in(text: str, speakers: set[str]) -> str | None:
+    """The one speaker (casefolded) ``text`` names, by whole name or first name; None for none or several."""
+    found = {sp for sp in speakers
+             if any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text, re.IGNORECASE)
+                    for form in {sp, sp.split(" ")[0]})}
+    return found.pop() if len(found) == 1 else None
 
 
 def _one_slot_each(ranked: list[Hit]) -> list[Hit]:
