@@ -384,3 +384,45 @@ async def test_the_other_persons_latest_city_outranks_their_old_one(store: amber
     assert all(h.paths.get("superseded") == 1.0 for h in porto)  # shown, if at all, as the old value
     nora = await store.list_facts("t-move", "pair", attribute="home_location")
     assert [f.value for f in nora] == ["Lisbon"]
+
+
+async def test_a_follow_up_by_the_same_speaker_ranks_just_below_what_it_continues(store: amber.Store) -> None:
+    # The outcome shares no word with the question; it repeats "nervous" from the plan. The other
+    # speaker saying "nervous" is not a follow-up of Nora's plan.
+    emb = HashingEmbedder()
+    key = amber.SessionKey("t-echo", "pair", "s1")
+    plan = "I'm a bit nervous, I signed up to run the half marathon next month."
+    outcome = "Remember the thing I was nervous about? Well, it went really well!"
+    turns = [("user", "Nora", plan), ("assistant", "Idris", "I'm always nervous before exams, honestly.")]
+    turns += [("user", "Nora", f"Routine chat {i} about the weather today.") if i % 2 else
+              ("assistant", "Idris", f"Routine chat {i} about how the day went.") for i in range(12)]
+    turns += [("user", "Nora", outcome)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(hours=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    await Learner(store, embedder=emb).drain()
+    query = "How did it go when Nora tried to run the half marathon?"
+    plain = await Recall(store, embedder=emb, echo=0).search("t-echo", "pair", query, limit=3, now=NOW)
+    assert plain[0].text == plan and outcome not in [h.text for h in plain]
+    hits = await Recall(store, embedder=emb).search("t-echo", "pair", query, limit=3, now=NOW)
+    assert [h.text for h in hits[:2]] == [plan, outcome]  # where a bridge find of the plan would rank
+    assert hits[1].paths.get("echo") == 1.0 and hits[1].score == pytest.approx(hits[0].score * 0.5, rel=1e-4)
+    assert not any("echo" in h.paths for h in hits if h.author == "Idris")
+
+
+async def test_facts_naming_a_speaker_take_part_in_the_speaker_prior(store: amber.Store) -> None:
+    key = amber.SessionKey("t-factspk", "pair", "s1")
+    turns = [("user", "Nora", "My city is Lisbon."), ("assistant", "Melanie", "My city is Denver."),
+             ("user", "Nora", "The weather is nice today."), ("assistant", "Melanie", "It is lovely here too.")]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(minutes=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    await Learner(store).drain()
+    query = "What city does Melanie have?"
+    # (The speakers are known from the turns among the candidates, so turns are searched too.)
+    plain = {h.text: h for h in await Recall(store, speaker_penalty=1.0).search("t-factspk", "pair", query, now=NOW)
+             if h.kind == "fact"}
+    prior = {h.text: h for h in await Recall(store).search("t-factspk", "pair", query, now=NOW) if h.kind == "fact"}
+    melanie, nora = "Melanie's city is Denver.", "The user's city is Lisbon (said by Nora)."
+    assert set(prior) == set(plain) == {melanie, nora}
+    assert prior[melanie].paths.get("speaker") == 1.0 and "speaker" not in prior[nora].paths
+    assert prior[nora].score < plain[nora].score  # the other speaker's fact is demoted like their turns
+    assert prior[melanie].score > prior[nora].score

@@ -11,15 +11,18 @@ No model is called on the read path except the embedder for the query's own vect
    there) or min-max score fusion (``fusion="score"``);
 4. re-ranking: a time expression in the query ("last week", "in May") demotes hits outside its
    interval; a query naming some of the speakers among the candidates ("When did Caroline go to the
-   support group?") demotes the other speakers' turns; turns whose facts were superseded are demoted
-   and marked (``paths["superseded"]``); recency only breaks near-ties (a newer statement above an
-   older, equally similar one);
+   support group?") demotes the other speakers' turns (and facts naming one of them); turns whose
+   facts were superseded are demoted and marked (``paths["superseded"]``); recency only breaks
+   near-ties (a newer statement above an older, equally similar one);
 5. one slot per piece of information: turns with the same text collapse into the best-ranked one,
    and a fact and the turns it was learned from share one slot (a fact hit covers its sources);
-6. bridging (multi-hop): names and identifiers in the best hits that the query does not mention are
+6. follow-ups (``echo``): candidates by the best hit's speaker that repeat one of its distinctive
+   words ("I'm nervous, I signed up for the marathon" -> "Remember the thing I was nervous about?
+   It went well!") rank just below it;
+7. bridging (multi-hop): names and identifiers in the best hits that the query does not mention are
    looked up once more lexically ("my emergency contact is my sister Aisha" -> "Aisha's new mobile
    is ..."), and what that finds ranks just below its evidence;
-7. optionally, neighbouring turns of each turn hit as context (``neighbours=n``).
+8. optionally, neighbouring turns of each turn hit as context (``neighbours=n``).
 
 Scores are in [0, 1], higher is better; ties keep a stable order (by id).
 """
@@ -119,8 +122,10 @@ def _bridge_terms(text: str, query_words: set[str]) -> list[str]:
 
 
 def _content_terms(text: str, query_words: set[str]) -> list[str]:
-    """The words of ``text`` a follow-up would repeat: content words of 4+ letters the query lacks."""
-    return [w for w in lexical_query(text).split() if len(w) >= 4 and w.isalpha() and w not in query_words]
+    """The words of ``text`` a follow-up would repeat: lower-case content words of 4+ letters the
+    query lacks (names are the bridge's terms)."""
+    lower = " ".join(t for t in _TOKEN.findall(text) if not t[:1].isupper())
+    return [w for w in lexical_query(lower).split() if len(w) >= 4 and w.isalpha() and w not in query_words]
 
 
 def _norm_text(text: str) -> str:
@@ -137,7 +142,9 @@ class Recall:
     ``time_penalty`` (for hits outside a time expression's interval), ``speaker_penalty`` (for turns
     by a speaker the query does not name when it names another; 1.0 turns it off), ``superseded_penalty``,
     ``pool`` (candidates per mode), ``dedup`` (one slot per text, and per fact with its sources),
-    ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off).
+    ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off), ``echo`` (how
+    many follow-ups of the best hit, same speaker and one of its distinctive words, rank just below
+    it; 0 turns it off).
     """
 
     def __init__(
@@ -158,6 +165,7 @@ class Recall:
         dedup: bool = True,
         bridge: int = 3,
         bridge_weight: float = 0.5,
+        echo: int = 2,
         inflections: bool = False,
     ) -> None:
         if fusion not in ("rrf", "score"):
@@ -179,6 +187,7 @@ class Recall:
         self.dedup = dedup
         self.bridge = bridge
         self.bridge_weight = bridge_weight
+        self.echo = echo
         self.inflections = inflections
 
     async def search(
@@ -237,8 +246,10 @@ class Recall:
         ranked = await self._rerank(tenant, user, fused, now, window, limit, named, unnamed)
         if self.dedup:
             ranked = _one_slot_each(ranked)
+        if self.echo and ranked:
+            ranked = self._echo(ranked, set(words.split()))
         if self.bridge and "lexical" in modes and ranked:
-            ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep, named, unnamed)
+            ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep)
         top = ranked[:limit]
         if neighbours and top:
             top = await self._with_neighbours(tenant, user, top, neighbours, skip)
@@ -348,7 +359,7 @@ class Recall:
             speaker = None
             if unnamed and hit.kind == "message" and hit.author:
                 speaker = hit.author.strip().casefold()
-            elif unnamed and hit.kind == "fact" and getattr(self, "fact_speakers", False):
+            elif unnamed and hit.kind == "fact":  # "Melanie lives in Denver.", "... (said by Nora)."
                 speaker = _named_in(hit.text, named | unnamed)
             if speaker:
                 if speaker in named:
@@ -405,24 +416,40 @@ class Recall:
             return set()
         return await self.store.superseded_sources(tenant, user, [h.id for h in fact_hits])
 
+    def _echo(self, ranked: list[Hit], query_words: set[str]) -> list[Hit]:
+        """Follow-ups of the best hit: a turn by the same speaker that repeats one of its distinctive
+        words ("I'm a bit nervous, I signed up for the half marathon" -> "Remember the thing I was
+        nervous about? It went really well!") often continues it while sharing nothing with the
+        question. Among the candidates already found, up to ``echo`` of them (best first) rank just
+        below it, where a bridge find would (``paths["echo"]``). No extra query: only candidates
+        that retrieval found on its own are moved, so nothing unrelated is pulled in."""
+        top = ranked[0]
+        if top.kind != "message" or not top.author:
+            return ranked
+        terms = set(_content_terms(top.text, query_words))
+        author = top.author.strip().casefold()
+        lift = top.score * self.bridge_weight
+        echoes = [h for h in ranked[1:] if h.kind == "message" and h.score < lift and h.author
+                  and h.author.strip().casefold() == author
+                  and terms & {w.lower() for w in re.findall(r"\w+", h.text)}][: self.echo]
+        if not echoes:
+            return ranked
+        # Just below the lift, in their own order, so a tie never reorders them by id.
+        moved = {h.id: replace(h, score=lift * (1.0 - 1e-6 * (i + 1)),
+                               paths={**h.paths, "echo": 1.0, "fused": lift * (1.0 - 1e-6 * (i + 1))})
+                 for i, h in enumerate(echoes)}
+        out = [moved.get(h.id, h) if h.kind == "message" else h for h in ranked]
+        out.sort(key=lambda h: (-h.score, 0 if h.kind == "fact" else 1, h.id))
+        return out
+
     async def _bridge(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str],
-                      kinds: Sequence[str], limit: int, keep: Any, named: set[str] = frozenset(),
-                      unnamed: set[str] = frozenset()) -> list[Hit]:
+                      kinds: Sequence[str], limit: int, keep: Any) -> list[Hit]:
         """Multi-hop: one more lexical lookup for names and identifiers the best hits mention and the
         query does not; each find ranks just below the hit that named it."""
         seeds: dict[str, Hit] = {}
         for hit in ranked[: self.bridge]:
             for term in _bridge_terms(hit.text, query_words):
                 seeds.setdefault(term.lower(), hit)
-        prf_terms: set[str] = set()
-        if getattr(self, "prf", 0) and ranked:
-            for hit in ranked[: self.prf]:
-                if hit.kind != "message" or not hit.author:
-                    continue
-                for term in _content_terms(hit.text, query_words):
-                    if term not in seeds:
-                        seeds[term] = hit
-                        prf_terms.add(term)
         if not seeds:
             return ranked
         # A find ranks at its seed's score times bridge_weight, below every hit scoring more: when
@@ -430,9 +457,8 @@ class Recall:
         if len(ranked) >= limit and ranked[limit - 1].score > max(
                 hit.score * self.bridge_weight for hit in seeds.values()):
             return ranked
-        cap = getattr(self, "bridge_finds", None) or max(5, limit // 2)
-        found = keep(await self.store.search_text(tenant, user, " ".join(seeds),
-                                                  limit=cap * getattr(self, "bridge_over", 1), kinds=kinds))
+        found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
+                                                  kinds=kinds))
         present = {(h.kind, h.id): h for h in ranked[:limit]}
         covered = {m for h in ranked[:limit] for m in (h.source_message_ids or (h.id,))} | {
             h.id for h in ranked[:limit]}
@@ -442,21 +468,11 @@ class Recall:
         for h in found:
             if (h.kind, h.id) not in present and (h.id in covered or _norm_text(h.text) in texts):
                 continue
-            if len(extra) >= cap:
-                break
             words = {w.lower() for w in re.findall(r"\w+", h.text)}
-            seed = next((hit for term, hit in seeds.items() if term not in prf_terms and (
-                term in words or term in h.text.lower())), None)
-            if seed is None:
-                same = (h.author or "").strip().casefold()
-                seed = next((hit for term, hit in seeds.items() if term in prf_terms and term in words
-                             and same and (hit.author or "").strip().casefold() == same), None)
+            seed = next((hit for term, hit in seeds.items() if term in words or term in h.text.lower()), None)
             if seed is None:
                 continue
             score = seed.score * self.bridge_weight
-            if getattr(self, "bridge_speakers", False) and unnamed and h.kind == "message" and h.author \
-                    and h.author.strip().casefold() in unnamed:
-                score *= self.speaker_penalty
             if (h.kind, h.id) in present:
                 # Already in the answer, but maybe low enough for the finds placed above it to push it
                 # out: it ranks at least where a find of the same seed would.
@@ -526,7 +542,8 @@ def _speakers(query: str, hits: Sequence[Hit]) -> tuple[set[str], set[str]]:
 
 
 def _named_in(text: str, speakers: set[str]) -> str | None:
-    """The one speaker (casefolded) ``text`` names, by whole name or first name; None for none or several."""
+    """The one speaker (casefolded) a fact's ``text`` names, by whole name or first name: whose fact it
+    is ("Melanie lives in Denver.", "The user lives in Lisbon (said by Nora)."); None for none or several."""
     found = {sp for sp in speakers
              if any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text, re.IGNORECASE)
                     for form in {sp, sp.split(" ")[0]})}
