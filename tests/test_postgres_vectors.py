@@ -152,10 +152,41 @@ async def test_large_users_use_the_hnsw_index_with_the_user_filter(pgvector_serv
         await store.close()
 
 
+async def test_a_search_whose_candidates_another_handle_deleted_catches_up() -> None:
+    """The in-process index learns of other handles' changes from the stamp that comes back with the
+    candidates' records. When every candidate had been deleted, no row came back, so neither did the
+    stamp: the search answered nothing from the stale index (and went on doing so) while the user
+    had live vectors."""
+    import numpy as np
+
+    schema = f"amber_stale_{uuid.uuid4().hex[:8]}"
+    url = _url(POSTGRES_URL, schema)
+    rng = np.random.default_rng(8)
+    reader, writer = await amber.open_store(url), await amber.open_store(url)
+    try:
+        for thread, n in (("old", 200), ("new", 30)):
+            msgs = await writer.append(amber.SessionKey("t", "u", thread), [NewMessage("user", f"{thread} {i}") for i in range(n)])
+            await writer.put_vectors("t", "u", "toy", [
+                VectorItem("message", m.id, tuple(map(float, rng.standard_normal(16)))) for m in msgs])
+            if thread == "old":
+                await reader.search_vectors("t", "u", "toy", tuple(map(float, rng.standard_normal(16))), limit=5)
+        await writer.delete_session(amber.SessionKey("t", "u", "old"))
+        # A query next to the deleted vectors: its candidates in the reader's index are all deleted.
+        q = tuple(float(x) for x in rng.standard_normal(16))
+        hits = await reader.search_vectors("t", "u", "toy", q, limit=5)
+        assert len(hits) == 5 and all(h.thread == "new" for h in hits)
+    finally:
+        await reader.close()
+        await writer.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 async def test_prepare_loads_the_index_reads_nothing_out_and_searches_answer_as_without_it() -> None:
     """PostgreSQL ``prepare_vectors`` (recall calls it while the query is embedded) loads the user's
-    in-process index without reading anything out, catches up with another handle's changes, and
-    the search that follows answers exactly as a handle that never prepared."""
+    in-process index without reading anything out; an index it holds already is left to the search,
+    which catches up with another handle's changes itself; and the search answers exactly as a
+    handle that never prepared."""
     import numpy as np
 
     schema = f"amber_prep_{uuid.uuid4().hex[:8]}"
@@ -177,9 +208,10 @@ async def test_prepare_loads_the_index_reads_nothing_out_and_searches_answer_as_
         await seed(writer, "b", 40)
         await writer.delete_session(amber.SessionKey("t", "u", "a"))
         await reader.prepare_vectors("t", "u", "toy")
-        assert reader.vector_index_stats()["t/u/toy"]["message"]["live"] == 40
+        assert reader.vector_index_stats()["t/u/toy"]["message"]["live"] == 300  # held: no round trip
         q = tuple(map(float, rng.standard_normal(16)))
         prepared = await reader.search_vectors("t", "u", "toy", q, limit=10)
+        assert reader.vector_index_stats()["t/u/toy"]["message"]["live"] == 40  # the search caught up
         fresh = await amber.open_store(url)
         try:
             plain = await fresh.search_vectors("t", "u", "toy", q, limit=10)

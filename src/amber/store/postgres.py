@@ -1613,6 +1613,11 @@ class PostgresStore(AuditedReads, Store):
         validate_part("tenant", tenant)
         validate_part("user", user)
         self._check_model(model)
+        if any(key[:3] == (tenant, user, model) for key in reversed(self._vector_cache)):
+            # Held already: the search checks the stamp in its own round trip and catches up with
+            # what changed (usually a few rows). Two more round trips here, beside the embedding,
+            # cost more than they saved.
+            return
         rows = await self._fetchall(
             "SELECT dim FROM {s}.vectors WHERE tenant_id = %(t)s AND user_id = %(u)s AND model = %(m)s LIMIT 1",
             {"t": tenant, "u": user, "m": model})
@@ -1966,22 +1971,26 @@ SELECT * FROM known
 """
 
 # The records behind vector candidates (in candidate order), and the user's vector stamp: one row
-# even without candidates. Superseded facts and deleted records find nothing and are skipped.
+# even when no candidate is live, so a search whose candidates another handle deleted still learns
+# the stamp moved and catches up. Superseded facts and deleted records find nothing and are skipped.
 _VECTOR_HITS_SQL = """
 SELECT (SELECT version FROM {s}.vector_stamps WHERE tenant_id = %(t)s AND user_id = %(u)s),
-       x.kind, x.item_id, coalesce(m.content, f.text), coalesce(m.thread_id, f.thread_id), m.seq,
-       coalesce(m.created_at, f.created_at), f.source_message_ids, f.valid_from, f.valid_to, m.role, m.author
+       h.kind, h.item_id, h.text, h.thread_id, h.seq, h.created_at, h.source_message_ids, h.valid_from, h.valid_to,
+       h.role, h.author
 FROM (SELECT 1) AS one
-LEFT JOIN unnest(%(k)s::text[], %(i)s::text[]) WITH ORDINALITY AS x(kind, item_id, ord) ON true
-LEFT JOIN LATERAL (SELECT m.content, m.thread_id, m.seq, m.created_at, m.role, m.author FROM {s}.messages m
-                   WHERE x.kind = 'message' AND m.tenant_id = %(t)s AND m.id = x.item_id AND m.user_id = %(u)s
-                   LIMIT 1) m ON true
-LEFT JOIN LATERAL (SELECT f.text, f.thread_id, f.created_at, f.source_message_ids, f.valid_from, f.valid_to
-                   FROM {s}.facts f
-                   WHERE x.kind = 'fact' AND f.tenant_id = %(t)s AND f.user_id = %(u)s AND f.id = x.item_id
-                     AND f.valid_to IS NULL) f ON true
-WHERE x.kind IS NULL OR m.seq IS NOT NULL OR f.text IS NOT NULL
-ORDER BY x.ord
+LEFT JOIN (SELECT x.kind, x.item_id, coalesce(m.content, f.text) AS text, coalesce(m.thread_id, f.thread_id) AS thread_id,
+                  m.seq, coalesce(m.created_at, f.created_at) AS created_at, f.source_message_ids, f.valid_from,
+                  f.valid_to, m.role, m.author, x.ord
+           FROM unnest(%(k)s::text[], %(i)s::text[]) WITH ORDINALITY AS x(kind, item_id, ord)
+           LEFT JOIN LATERAL (SELECT m.content, m.thread_id, m.seq, m.created_at, m.role, m.author FROM {s}.messages m
+                              WHERE x.kind = 'message' AND m.tenant_id = %(t)s AND m.id = x.item_id AND m.user_id = %(u)s
+                              LIMIT 1) m ON true
+           LEFT JOIN LATERAL (SELECT f.text, f.thread_id, f.created_at, f.source_message_ids, f.valid_from, f.valid_to
+                              FROM {s}.facts f
+                              WHERE x.kind = 'fact' AND f.tenant_id = %(t)s AND f.user_id = %(u)s AND f.id = x.item_id
+                                AND f.valid_to IS NULL) f ON true
+           WHERE m.seq IS NOT NULL OR f.text IS NOT NULL) h ON true
+ORDER BY h.ord
 """
 
 # Lexical search. The query's lexemes (same parser and config as the stored tsvector) become one
