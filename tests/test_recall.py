@@ -426,3 +426,33 @@ async def test_facts_naming_a_speaker_take_part_in_the_speaker_prior(store: ambe
     assert prior[melanie].paths.get("speaker") == 1.0 and "speaker" not in prior[nora].paths
     assert prior[nora].score < plain[nora].score  # the other speaker's fact is demoted like their turns
     assert prior[melanie].score > prior[nora].score
+
+
+# -- a speaker's name alone is not lexical evidence ------------------------------------------------
+async def test_a_hit_matching_only_the_named_speakers_name_is_not_a_lexical_hit(store: amber.Store) -> None:
+    # Every question in a two-person chat names someone, and every fact about Melanie (and every turn
+    # greeting her) contains "Melanie": short ones would top the lexical list whatever they say.
+    key = amber.SessionKey("t-crowd", "pair", "s1")
+    turns = [("assistant", "Melanie", "I live in Denver now."), ("assistant", "Melanie", "My favourite food is ramen."),
+             ("user", "Nora", "Hi Melanie!"), ("user", "Nora", "Melanie, how are you?"),
+             ("assistant", "Melanie", "These days I'm learning the cello, it is harder than the guitar I played."),
+             ("user", "Nora", "I'm learning Spanish on weekends.")]
+    turns += [("user", "Nora", f"Routine chat {i} about the weather.") if i % 2 else
+              ("assistant", "Melanie", f"Routine chat {i} about the weather.") for i in range(8)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(minutes=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    await Learner(store).drain()
+    assert "Melanie lives in Denver." in {f.text for f in await store.list_facts("t-crowd", "pair")}
+    query = "What instrument is Melanie learning?"
+    old = await Recall(store, name_only_lexical=False).search("t-crowd", "pair", query, now=NOW)
+    assert any("Denver" in h.text for h in old)  # matched by the name alone
+    hits = await Recall(store).search("t-crowd", "pair", query, now=NOW)
+    assert "cello" in hits[0].text
+    assert [h.text for h in hits] == ["These days I'm learning the cello, it is harder than the guitar I played.",
+                                      "I'm learning Spanish on weekends."]
+    # The name still ranks what shares another word (inflected: "live" finds "lives"), and a question
+    # with nothing but the name keeps it.
+    lives = await Recall(store).search("t-crowd", "pair", "Where does Melanie live?", now=NOW)
+    assert lives[0].text == "Melanie lives in Denver." and "lexical" in lives[0].paths
+    only = await Recall(store).search("t-crowd", "pair", "What about Melanie?", now=NOW)
+    assert {"Hi Melanie!", "Melanie, how are you?"} <= {h.text for h in only}

@@ -5,7 +5,9 @@ No model is called on the read path except the embedder for the query's own vect
 1. the lexical query keeps the question's content words and identifiers only: stop words ("what",
    "is", "my") would otherwise match most turns weakly and push strong vector-only hits out;
 2. candidates from the store's primitives (``search_text``, ``search_vectors``), always scoped by
-   tenant and user -- and checked again here, so a backend bug cannot leak another user's memory;
+   tenant and user -- and checked again here, so a backend bug cannot leak another user's memory; a
+   lexical candidate matching nothing but the name of a speaker the query names is left to the vector
+   path (``name_only_lexical``);
 3. fusion: weighted reciprocal-rank fusion (default; rank-based, so it needs no calibration between
    a backend's BM25 and cosine scores, and a hit found by one path keeps the score of its rank
    there) or min-max score fusion (``fusion="score"``);
@@ -35,6 +37,7 @@ import math
 import re
 from dataclasses import replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Collection, Literal, Sequence
 
 from ..errors import InvalidInput
@@ -144,7 +147,8 @@ class Recall:
     ``pool`` (candidates per mode), ``dedup`` (one slot per text, and per fact with its sources),
     ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off), ``echo`` (how
     many follow-ups of the best hit, same speaker and one of its distinctive words, rank just below
-    it; 0 turns it off).
+    it; 0 turns it off), ``name_only_lexical`` (a lexical hit whose only match is a named speaker's
+    name is dropped from the lexical list; False keeps it).
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class Recall:
         bridge_weight: float = 0.5,
         echo: int = 2,
         inflections: bool = False,
+        name_only_lexical: bool = True,
     ) -> None:
         if fusion not in ("rrf", "score"):
             raise InvalidInput(f"fusion must be 'rrf' or 'score', got {fusion!r}")
@@ -189,6 +194,7 @@ class Recall:
         self.bridge_weight = bridge_weight
         self.echo = echo
         self.inflections = inflections
+        self.name_only_lexical = name_only_lexical
 
     async def search(
         self,
@@ -237,6 +243,8 @@ class Recall:
 
         words = lexical_query(query, inflections=self.inflections)
         lists = await self._candidates(tenant, user, query, words, modes, kinds, pool, keep)
+        if self.name_only_lexical and lists.get("lexical"):
+            lists["lexical"] = _without_name_only(query, words, lists)
         fused = self._fuse(lists)
         window = parse_time_range(query, now)
         named: set[str] = set()
@@ -548,6 +556,38 @@ def _named_in(text: str, speakers: set[str]) -> str | None:
              if any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text, re.IGNORECASE)
                     for form in {sp, sp.split(" ")[0]})}
     return found.pop() if len(found) == 1 else None
+
+
+@lru_cache(maxsize=8192)
+def _forms(word: str) -> frozenset[str]:
+    return frozenset(_variants(word))
+
+
+def _without_name_only(query: str, words: str, lists: dict[str, list[Hit]]) -> list[Hit]:
+    """The lexical candidates, less those whose only match with the query is the name of a speaker
+    it names. In a two-person chat every question names someone ("What instrument is Marcus
+    learning?"), and every fact about Marcus and every turn greeting him contains "Marcus": short
+    ones get BM25's length bonus and would crowd the top of the lexical list whatever they say. They
+    stay candidates by their vector similarity. Unchanged unless the query names some of the
+    speakers but not all (as for the speaker prior, see :func:`_speakers`), or when it has no other
+    content word (then the name is all lexical search has to go on)."""
+    named, _ = _speakers(query, [h for mode_hits in lists.values() for h in mode_hits])
+    name_words = {w for speaker in named for w in re.findall(r"\w+", speaker)}
+    rest = [w for w in words.split() if w not in name_words]
+    if not name_words or not rest:
+        return lists["lexical"]
+    wanted = {v for w in rest for v in _forms(w)}
+    initials = {w[:1] for w in wanted}  # every inflection of a word starts with its first letter
+
+    def evidence(hit: Hit) -> bool:
+        # Inflections both ways: "live" in the query, "lives" in the fact (FTS5 does not stem).
+        for token in _TOKEN.findall(hit.text.lower()):
+            word = token.replace("’", "'").removesuffix("'s")
+            if word in wanted or (word[:1] in initials and not wanted.isdisjoint(_forms(word))):
+                return True
+        return False
+
+    return [h for h in lists["lexical"] if evidence(h)]
 
 
 def _one_slot_each(ranked: list[Hit]) -> list[Hit]:
