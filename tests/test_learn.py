@@ -365,6 +365,9 @@ def test_a_person_named_assistant_states_their_own_facts_an_agent_only_the_users
         assert [(c.attribute, c.value) for c in r.extract_text(
             "Your claim number is C-7788.", role="assistant", speaker=agent)] == [("claim_number", "C-7788")]
     assert r.extract_text("Did you move to Denver?", role="assistant", speaker="Melanie") == []
+    # A name outside ASCII is a person's too (learning and recall share one test, is_person_name).
+    assert [c.text for c in r.extract_text("I moved to Lyon last month.", role="assistant", speaker="Zoë")] == [
+        "Zoë lives in Lyon."]
 
 
 async def test_the_other_persons_move_supersedes_their_old_city_never_the_users(store: amber.Store) -> None:

@@ -456,3 +456,15 @@ async def test_a_hit_matching_only_the_named_speakers_name_is_not_a_lexical_hit(
     assert lives[0].text == "Melanie lives in Denver." and "lexical" in lives[0].paths
     only = await Recall(store).search("t-crowd", "pair", "What about Melanie?", now=NOW)
     assert {"Hi Melanie!", "Melanie, how are you?"} <= {h.text for h in only}
+
+
+def test_person_names_and_agent_names_are_told_apart_alike_for_learning_and_recall() -> None:
+    """One test decides who is a person, for the extractor (whose facts) and for the speaker prior
+    (whom a question names): an agent called "Support" is no speaker, so "ask Support" demotes nobody."""
+    from amber.records import is_person_name
+
+    for name in ("Nora", "Mateo Brennan", "Zoë", "Anne-Marie O'Neil", "J. R. Ward"):
+        assert is_person_name(name), name
+    for name in ("support", "Support", "Helper Bot", "user_proxy", "USER", "assistant", "", None,
+                 "Nora and the Whole Team", "nora"):
+        assert not is_person_name(name), name

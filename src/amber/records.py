@@ -28,6 +28,7 @@ __all__ = [
     "LearnJob",
     "utcnow",
     "ROLES",
+    "is_person_name",
 ]
 
 JSON = Any
@@ -36,6 +37,22 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "event"})
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# Words agents are named by ("Support", "Assistant", "Helper Bot").
+_AGENT_WORDS = frozenset("""assistant support agent bot helper helpdesk service team system user admin operator
+advisor adviser representative concierge desk proxy planner coder critic executor""".split())
+
+
+def is_person_name(author: str | None) -> bool:
+    """Whether a message's ``author`` is a person's name ("Nora", "Mateo Brennan", "Zoë"): one to
+    three capitalised words, none of them a word agents are named by. Agent ids ("user_proxy",
+    "support", "Support", "Helper Bot") are not: what an agent says of itself is nobody's fact, and
+    a question saying "contact support" names no speaker. Learning and recall share this test."""
+    words = (author or "").strip().split(" ")
+    return 1 <= len(words) <= 3 and all(
+        w[:1].isupper() and all(c.isalpha() or c in "'’-." for c in w) and (len(w) <= 2 or not w.isupper())
+        and w.casefold() not in _AGENT_WORDS for w in words)
 
 
 @dataclass(frozen=True, slots=True)

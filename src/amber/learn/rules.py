@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-from ..records import Message
+from ..records import Message, is_person_name
 from .extract import Candidate, slug
 
 __all__ = ["RuleExtractor"]
@@ -109,20 +109,13 @@ please thanks thank yes no so but and also then today yesterday monday tuesday w
 saturday sunday january february march april may june july august september october november december""".split())
 
 
-_PERSON = re.compile(r"[A-Z][a-z'-]+(?: [A-Z][a-z'-]+){0,2}")  # "Nora", "Mateo Brennan"; not "user_42"
-# Words agents are named by ("Support", "Assistant", "Helper Bot"): such an author is not a person, so
-# what it says about itself ("I'd rather not guess") is never learned as somebody's fact.
-_AGENT_WORDS = frozenset("""assistant support agent bot helper helpdesk service team system user admin operator
-advisor adviser representative concierge desk proxy planner coder critic executor""".split())
 _POSSESSIVE = re.compile(r"\b(my|our|your)\b", re.IGNORECASE)
 
 
 def _person(speaker: str | None) -> str | None:
-    """``speaker`` if it is a person's name ("Nora", "Mateo Brennan"), else None ("support", "user_proxy")."""
-    name = (speaker or "").strip()
-    if not _PERSON.fullmatch(name) or any(w.casefold() in _AGENT_WORDS for w in name.split()):
-        return None
-    return name
+    """``speaker`` if it is a person's name ("Nora", "Mateo Brennan"), else None ("support", "user_proxy"):
+    what an agent says about itself ("I'd rather not guess") is never learned as somebody's fact."""
+    return speaker.strip() if speaker and is_person_name(speaker) else None
 
 
 def _nearest_possessive(sentence: str, at: int) -> str | None:

@@ -42,7 +42,7 @@ from typing import Any, Collection, Literal, Sequence
 
 from ..errors import InvalidInput
 from ..keys import SessionKey, validate_part
-from ..records import Hit, utcnow
+from ..records import Hit, is_person_name, utcnow
 from ..store.base import Store, validate_limit
 from .timeexpr import TimeRange, parse_time_range
 
@@ -520,22 +520,12 @@ class Recall:
         return out
 
 
-def _is_person_name(author: str) -> bool:
-    """One to three capitalised words ("Nora", "Mateo Brennan", "Zoë"): the speakers a question names.
-    Agent ids ("user", "user_proxy", "support") are not: a query saying "contact support" must not
-    demote what the user said to an agent called support."""
-    words = author.split(" ")
-    return 1 <= len(words) <= 3 and all(
-        w[:1].isupper() and all(c.isalpha() or c in "'’-." for c in w) and (len(w) <= 2 or not w.isupper())
-        for w in words)
-
-
 def _speakers(query: str, hits: Sequence[Hit]) -> tuple[set[str], set[str]]:
     """The speakers (casefolded authors of message hits, person names only) ``query`` names and those
     it does not; both empty unless it names some but not all. A speaker is named by the whole name or,
     for a name of several words, its first ("Mateo" for "Mateo Brennan"), as a whole word in any case;
     "Nora's" names Nora."""
-    authors = {a for h in hits if h.kind == "message" and h.author and _is_person_name(a := h.author.strip())}
+    authors = {a for h in hits if h.kind == "message" and h.author and is_person_name(a := h.author.strip())}
     if len(authors) < 2:
         return set(), set()
     named: set[str] = set()
