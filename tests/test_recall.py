@@ -361,6 +361,15 @@ async def test_turns_without_a_person_author_are_never_demoted(store: amber.Stor
         assert plain and [(h.id, h.score) for h in prior] == [(h.id, h.score) for h in plain]
 
 
+async def _append_pair_chat(store: amber.Store, key: amber.SessionKey, turns: list[tuple[str, str, str]],
+                            step: timedelta) -> None:
+    """Nora (user) and Melanie (assistant) chatting: ``turns`` then eight routine exchanges, ``step`` apart."""
+    turns = turns + [("user", "Nora", f"Routine chat {i} about the weather.") if i % 2 else
+                     ("assistant", "Melanie", f"Routine chat {i} about the weather.") for i in range(8)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + step * i)
+                             for i, (role, author, text) in enumerate(turns)])
+
+
 @pytest.mark.parametrize("modes", [("lexical",), ("lexical", "vector")], ids=["lexical", "hybrid"])
 async def test_the_other_persons_latest_city_outranks_their_old_one(store: amber.Store,
                                                                     modes: tuple[str, ...]) -> None:
@@ -372,10 +381,7 @@ async def test_the_other_persons_latest_city_outranks_their_old_one(store: amber
     turns = [("user", "Nora", "I live in Lisbon now, it's a really friendly place."),
              ("assistant", "Melanie", "I live in Porto now, it's a really friendly place."),
              ("assistant", "Melanie", "Big news, we packed everything up and moved to Denver!")]
-    turns += [("user", "Nora", f"Routine chat {i} about the weather.") if i % 2 else
-              ("assistant", "Melanie", f"Routine chat {i} about the weather.") for i in range(8)]
-    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(days=i))
-                             for i, (role, author, text) in enumerate(turns)])
+    await _append_pair_chat(store, key, turns, timedelta(days=1))
     await Learner(store, embedder=emb).drain()
     hits = await Recall(store, embedder=emb).search("t-move", "pair", "Which city does Melanie live in now?",
                                                    modes=modes, limit=5, now=NOW)
@@ -437,10 +443,7 @@ async def test_a_hit_matching_only_the_named_speakers_name_is_not_a_lexical_hit(
              ("user", "Nora", "Hi Melanie!"), ("user", "Nora", "Melanie, how are you?"),
              ("assistant", "Melanie", "These days I'm learning the cello, it is harder than the guitar I played."),
              ("user", "Nora", "I'm learning Spanish on weekends.")]
-    turns += [("user", "Nora", f"Routine chat {i} about the weather.") if i % 2 else
-              ("assistant", "Melanie", f"Routine chat {i} about the weather.") for i in range(8)]
-    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(minutes=i))
-                             for i, (role, author, text) in enumerate(turns)])
+    await _append_pair_chat(store, key, turns, timedelta(minutes=1))
     await Learner(store).drain()
     assert "Melanie lives in Denver." in {f.text for f in await store.list_facts("t-crowd", "pair")}
     query = "What instrument is Melanie learning?"
