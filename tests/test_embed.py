@@ -64,20 +64,47 @@ async def test_minilm_loads_offline_from_the_package_and_embeds_by_meaning() -> 
     assert await e.embed([]) == []
 
 
-async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode() -> None:
-    """A query (a call of few texts) takes a direct forward pass; a learner's batch goes through
-    sentence-transformers' encode. Both must give the same vectors, or stored and query vectors
-    would drift apart (long texts are cut to max_chars on both routes)."""
-    texts = ["What is my policy number?", "Nora moved to Lisbon last spring, she loves it there.",
-             "x" * 50, "word " * 600]
-    small = SentenceTransformerEmbedder(small_call_max=8)
+_TEXTS = ["What is my policy number?", "Nora moved to Lisbon last spring, she loves it there.",
+          "x" * 50, "word " * 600]
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode(runtime: str, tmp_path: Any) -> None:
+    """A query (a call of few texts) takes a direct forward pass (torch) or the exported graph (ONNX
+    Runtime); a learner's batch goes through sentence-transformers' encode. Every route must give the
+    same vectors, or stored and query vectors would drift apart (long texts are cut to max_chars on
+    every route)."""
+    small = SentenceTransformerEmbedder(small_call_max=8, runtime=runtime, cache_dir=tmp_path)
     batched = SentenceTransformerEmbedder(small_call_max=0)  # every call goes through encode
-    one_by_one = [(await small.embed([t]))[0] for t in texts]
-    together = await small.embed(texts)
-    reference = await batched.embed(texts)
+    one_by_one = [(await small.embed([t]))[0] for t in _TEXTS]
+    together = await small.embed(_TEXTS)
+    reference = await batched.embed(_TEXTS)
+    assert small.query_runtime == runtime and batched.query_runtime == "torch"
     for a, b, c in zip(one_by_one, together, reference):
         assert max(abs(x - y) for x, y in zip(a, c)) < 1e-5
         assert max(abs(x - y) for x, y in zip(b, c)) < 1e-5
+
+
+async def test_minilm_onnx_export_is_cached_per_machine_and_a_broken_file_is_replaced(tmp_path: Any) -> None:
+    first = SentenceTransformerEmbedder(runtime="onnx", cache_dir=tmp_path)
+    await first.load()
+    (exported,) = (tmp_path / "onnx").glob("*.onnx")
+    stamp = exported.stat().st_mtime_ns
+    again = SentenceTransformerEmbedder(runtime="onnx", cache_dir=tmp_path)
+    await again.load()
+    assert exported.stat().st_mtime_ns == stamp  # loaded, not exported again
+    assert list((tmp_path / "onnx").iterdir()) == [exported]  # no temporary files left
+
+    exported.write_bytes(b"not an onnx graph")  # e.g. a disk filled up mid-copy
+    healed = SentenceTransformerEmbedder(runtime="onnx", cache_dir=tmp_path)
+    vec = (await healed.embed(["What is my policy number?"]))[0]
+    assert healed.query_runtime == "onnx" and exported.stat().st_size > 1_000_000
+    assert max(abs(x - y) for x, y in zip(vec, (await first.embed(["What is my policy number?"]))[0])) < 1e-5
+
+
+def test_minilm_runtime_is_checked() -> None:
+    with pytest.raises(InvalidInput):
+        SentenceTransformerEmbedder(runtime="tensorflow")
 
 
 class _Endpoint:

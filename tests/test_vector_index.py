@@ -230,7 +230,9 @@ async def test_minilm_small_calls_use_one_thread_and_give_the_same_vectors() -> 
     torch = pytest.importorskip("torch")
     from amber.embed import SentenceTransformerEmbedder
 
-    fast, plain = SentenceTransformerEmbedder(), SentenceTransformerEmbedder(small_call_threads=None)
+    # torch's route (ONNX Runtime never touches torch's thread setting; tests/test_embed.py covers it)
+    fast = SentenceTransformerEmbedder(runtime="torch")
+    plain = SentenceTransformerEmbedder(runtime="torch", small_call_threads=None)
     before = torch.get_num_threads()
     a = (await fast.embed(["where is my claim C-7788?"]))[0]
     assert torch.get_num_threads() == before  # restored after the call

@@ -521,6 +521,7 @@ async def run_recall_bench(
         "dataset": dataset.get("name"),
         "store": store.url,
         "embedder": embedder_label or (getattr(embedder, "name", None) if embedder is not None else "none"),
+        "embedder_query_runtime": getattr(embedder, "query_runtime", None),
         "extractor": extractor_name,
         "retriever": retriever_name,
         "tenant": tenant,

