@@ -174,8 +174,8 @@ def _export(model: Any, input_names: list[str], target: Path) -> tuple[Path, boo
     chatty = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [logger.level for logger in chatty]
     try:
-        for logger in chatty:  # the exporter logs every pass at INFO
-            logger.setLevel(logging.WARNING)
+        for logger in chatty:  # the exporter logs every pass, and warns of ops of packages not installed
+            logger.setLevel(logging.ERROR)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations
             torch.onnx.export(Pipeline().eval(), args, tmp, input_names=input_names,
