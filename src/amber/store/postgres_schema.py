@@ -246,6 +246,12 @@ BEGIN
 END
 $fn$;
 """),
+    # Recall asks, for each query, whether the attributes of its candidate facts ever changed. The
+    # planner, seeing almost no superseded facts, answered that by reading every fact of the table
+    # (5.5 ms at 10,000 facts, linear in the table). This index holds superseded facts only.
+    Migration(6, "superseded facts by attribute (recall's stale-turn check without a scan)", """
+CREATE INDEX facts_superseded ON {s}.facts (tenant_id, user_id, attribute) WHERE valid_to IS NOT NULL;
+"""),
 )
 
 PGVECTOR: tuple[Migration, ...] = (
