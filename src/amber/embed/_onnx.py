@@ -1,7 +1,8 @@
 """A sentence-transformers model run by ONNX Runtime, for the query path.
 
-A recall query embeds one short text. Through torch that is ~9 ms on a 2-core machine, most of it
-per-operator dispatch, not arithmetic; ONNX Runtime runs the same graph in ~3-6 ms. The model is
+A recall query embeds one short text. Through torch that took 9-19 ms at p50 on a 2-core machine
+(depending on the day), most of it per-operator dispatch, not arithmetic; ONNX Runtime ran the same
+graph in a third of the time (6.6 vs 18.8 ms, interleaved). The model is
 exported once per machine (torch's dynamo exporter, ~10 s) to a cache directory keyed by the model's
 files and the library versions, then loaded from there by every process. Every export or cached
 file is checked against the torch model on probe texts before use: a graph that does not give the
