@@ -118,7 +118,7 @@ class SentenceTransformerEmbedder:
         missing = onnx_available()
         try:
             if missing:
-                raise EmbedderUnavailable(f"ONNX Runtime needs the packages: {missing}")
+                raise EmbedderUnavailable(f"cannot load {missing}")
             return OnnxQueryEncoder.open(model, path, cache_dir=self.cache_dir, threads=self.small_call_threads,
                                          name=self.name)
         except Exception as exc:  # export and runtime errors come in many types; report one
