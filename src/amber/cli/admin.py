@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def serve(ctx: Context, host: str, port: int, workers: int, admin_key: str | Non
 
 @click.command()
 @click.option("--once", is_flag=True, help="Process what is pending and exit.")
-@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1000),
+              help="Jobs claimed per round.")
 @click.option("--embedder", default=None, help="Embedder spec (none, minilm, openai:<model>).")
 @click.option("--governance-interval", default=60.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds between governance rounds: chain the audit trail, enforce stored retention policies.")
@@ -98,7 +100,7 @@ def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governanc
 
             emb = open_embedder(embedder)
         async with await ctx.open() as store:
-            learner = Learner(store, embedder=emb)
+            learner = Learner(store, embedder=emb, batch_size=batch)
             if once:
                 total = 0
                 while True:
@@ -133,11 +135,21 @@ def reindex(ctx: Context, embedder: str, user: str | None) -> None:
     except ImportError as exc:
         raise click.ClickException(f"reindex is not available yet: {exc}") from exc
 
+    last = [0.0]
+
+    def progress(counts: dict[str, int]) -> None:
+        # On stderr, at most once a second: stdout carries only the result (JSON with --json).
+        now = time.monotonic()
+        if now - last[0] >= 1.0:
+            last[0] = now
+            click.echo(f"reindexing: {counts['users']} users, {counts['messages']} messages, "
+                       f"{counts['facts']} facts embedded", err=True)
+
     async def run() -> Any:
         from ..embed import open_embedder  # type: ignore[attr-defined]
 
         async with await ctx.open() as store:
-            return await reindex_impl(store, ctx.tenant, open_embedder(embedder), user=user)
+            return await reindex_impl(store, ctx.tenant, open_embedder(embedder), user=user, progress=progress)
 
     emit(ctx, jsonable(run_async(run())))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import InvalidInput
-from ..keys import validate_part
+from ..keys import SessionKey, validate_part
 from ..records import VectorItem
 from ..store.base import Store
 from .worker import EMBED_ROLES
@@ -53,24 +53,18 @@ async def reindex(
         validate_part("user", u)
         counts["users"] += 1
         pending: list[tuple[str, str, str]] = []
-        offset = 0
-        while True:
-            sessions = await store.list_sessions(tenant, u, limit=100, offset=offset)
-            if not sessions:
-                break
-            offset += len(sessions)
-            for info in sessions:
-                after = 0
-                while True:
-                    page = await store.read_since(info.key, after, limit=500)
-                    if not page:
-                        break
-                    after = page[-1].seq
-                    for m in page:
-                        if m.role in EMBED_ROLES and m.content.strip():
-                            pending.append(("message", m.id, m.content))
-                            if len(pending) >= batch_size:
-                                await flush(u, pending)
+        for key in await _all_sessions(store, tenant, u):
+            after = 0
+            while True:
+                page = await store.read_since(key, after, limit=500)
+                if not page:
+                    break
+                after = page[-1].seq
+                for m in page:
+                    if m.role in EMBED_ROLES and m.content.strip():
+                        pending.append(("message", m.id, m.content))
+                        if len(pending) >= batch_size:
+                            await flush(u, pending)
         for f in await store.list_facts(tenant, u):
             pending.append(("fact", f.id, f.text))
             if len(pending) >= batch_size:
@@ -86,3 +80,24 @@ async def _all_users(store: Store, tenant: str) -> list[str]:
         if not page:
             return users
         users.extend(page)
+
+
+async def _all_sessions(store: Store, tenant: str, user: str) -> list[SessionKey]:
+    """Every session of ``user``. Sessions are listed most recently active first, so one that becomes
+    active while the pages are read moves to the front and shifts the rest: offset paging could skip
+    one. Listing again until a pass finds nothing new cannot."""
+    seen: dict[SessionKey, None] = {}
+    while True:
+        fresh = 0
+        offset = 0
+        while True:
+            page = await store.list_sessions(tenant, user, limit=100, offset=offset)
+            if not page:
+                break
+            offset += len(page)
+            for info in page:
+                if info.key not in seen:
+                    seen[info.key] = None
+                    fresh += 1
+        if not fresh:
+            return list(seen)
