@@ -169,6 +169,33 @@ async def test_malformed_model_output_is_retried_counted_and_parked_never_droppe
     assert [h.text for h in await store.search_text("t-model", "u2", "order")] == ["my order number is O-12345"]
 
 
+async def test_model_extractor_keeps_the_readable_facts_of_a_sloppy_answer_and_counts_the_rest(
+        store: amber.Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Real models slip: a number where a string belongs, confidence null or 1.5, a bare list, prose
+    around the JSON. One bad item must not cost the others, and what is left out is counted."""
+    key = amber.SessionKey("t-model", "u3", "s1")
+    await store.append(key, [msg("order 12345, policy P-77, email jo@example.com, call after 6pm")])
+    answer = "Here are the facts:\n" + json.dumps([
+        {"attribute": "order_number", "value": 12345, "text": "The user's order number is 12345."},
+        {"attribute": "policy_number", "value": "P-77", "text": None, "confidence": None},
+        {"attribute": "email", "value": "jo@example.com", "text": "The user's email is jo@example.com.",
+         "confidence": 1.5},
+        {"value": "after 6pm"},  # no attribute: unreadable
+        "call after 6pm",  # not an object: unreadable
+    ]) + "\nLet me know if you need more."
+    extractor = ModelExtractor(_client(answer))
+    learner = Learner(store, extractor=extractor, max_attempts=1)
+    await learner.drain()
+    facts = {f.attribute: f for f in await store.list_facts("t-model", "u3")}
+    assert {a: f.value for a, f in facts.items()} == {
+        "order_number": "12345", "policy_number": "P-77", "email": "jo@example.com"}
+    assert facts["policy_number"].text == "policy number: P-77" and facts["policy_number"].confidence == 0.8
+    assert facts["email"].confidence == 1.0
+    assert extractor.rejected_items == 2 and extractor.failures == 0
+    assert (await store.learn_queue_stats("t-model"))["dead"] == 0
+    assert "2 of 5 facts in the model's answer were unreadable" in caplog.text
+
+
 # -- embedding in batches ------------------------------------------------------------------------------
 class CountingEmbedder(HashingEmbedder):
     def __init__(self) -> None:

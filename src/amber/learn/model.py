@@ -1,14 +1,19 @@
 """Fact extraction with any AutoGen ``ChatCompletionClient`` that can answer in structured output.
 
 The model sees one message (and a few turns before it, as quoted context) and answers JSON matching
-:class:`ExtractedFacts`. Malformed answers raise :class:`ExtractionError`: the learner records the
-error on the job, retries with backoff and finally parks the job as dead -- never drops it silently.
-``failures`` counts malformed answers for monitoring.
+:class:`ExtractedFacts`. Models get the shape a little wrong often enough that one bad item must not
+cost the good ones: each item is read on its own (a number where a string belongs becomes the
+string, a missing or out-of-range confidence the default or the nearest bound, a bare list is the
+list of facts, prose or a code fence around the JSON is ignored). Items that cannot be read are
+counted in ``rejected_items`` and logged with the message id. An answer with nothing readable in it
+raises :class:`ExtractionError`: the learner records the error on the job, retries with backoff and
+finally parks the job as dead -- never drops it silently. ``failures`` counts such answers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Sequence
 
 from pydantic import BaseModel, Field, ValidationError
@@ -17,6 +22,8 @@ from ..records import Message
 from .extract import Candidate, ExtractionError, slug
 
 __all__ = ["ModelExtractor", "ExtractedFact", "ExtractedFacts", "DEFAULT_PROMPT"]
+
+log = logging.getLogger("amber.learn")
 
 
 class ExtractedFact(BaseModel):
@@ -49,7 +56,8 @@ class ModelExtractor:
         self.context_turns = context_turns
         self.max_facts = max_facts
         self.name = f"model:{getattr(model_client, 'model_info', {}).get('family', 'unknown')}"
-        self.failures = 0
+        self.failures = 0  # answers with nothing readable (the job is retried, then parked)
+        self.rejected_items = 0  # single unreadable facts inside otherwise readable answers
         self.calls = 0
 
     def _structured(self) -> bool:
@@ -76,27 +84,89 @@ class ModelExtractor:
             raise ExtractionError(f"model call failed: {type(exc).__name__}: {exc}") from exc
         content = result.content
         try:
-            if isinstance(content, ExtractedFacts):
-                parsed = content
-            elif isinstance(content, str):
-                parsed = ExtractedFacts.model_validate_json(_strip_fence(content))
-            else:
-                raise ExtractionError(f"model answered {type(content).__name__}, not JSON text")
-        except (ValidationError, ValueError) as exc:
-            self.failures += 1
-            snippet = content[:200] if isinstance(content, str) else repr(content)[:200]
-            raise ExtractionError(f"malformed model output ({type(exc).__name__}): {snippet!r}") from exc
+            items = _items(content)
         except ExtractionError:
             self.failures += 1
             raise
-        out = []
-        for f in parsed.facts[: self.max_facts]:
-            attribute = slug(f.attribute, words=6) if f.attribute.strip() else ""
-            if not attribute or not f.value.strip() or not f.text.strip():
+        out: list[Candidate] = []
+        rejected: list[str] = []
+        for item in items[: self.max_facts]:
+            try:
+                fact = ExtractedFact.model_validate(_lenient(item))
+            except ValidationError as exc:
+                rejected.append(f"{json.dumps(item, default=str)[:120]} ({exc.error_count()} errors)")
                 continue
-            out.append(Candidate(attribute, f.value.strip()[:500], f.text.strip()[:1000], f.kind or "statement",
-                                 float(f.confidence), {"extractor": self.name}))
+            attribute = slug(fact.attribute, words=6) if fact.attribute.strip() else ""
+            if not attribute or not fact.value.strip():
+                rejected.append(json.dumps(item, default=str)[:120])
+                continue
+            text = fact.text.strip() or f"{fact.attribute.strip().replace('_', ' ')}: {fact.value.strip()}"
+            out.append(Candidate(attribute, fact.value.strip()[:500], text[:1000], fact.kind or "statement",
+                                 float(fact.confidence), {"extractor": self.name}))
+        if rejected:
+            self.rejected_items += len(rejected)
+            if not out:  # nothing readable: let the job retry (a model may answer well next time)
+                self.failures += 1
+                raise ExtractionError(f"malformed model output: no readable fact in {len(rejected)} item(s): "
+                                      f"{rejected[0]}")
+            log.warning("message %s: %d of %d facts in the model's answer were unreadable and left out: %s",
+                        message.id, len(rejected), len(rejected) + len(out), "; ".join(rejected)[:500])
         return out
+
+
+def _items(content: Any) -> list[Any]:
+    """The list of fact items in a model's answer (structured object, JSON text, or a bare list)."""
+    if isinstance(content, ExtractedFacts):
+        return [f.model_dump() for f in content.facts]
+    if not isinstance(content, str):
+        raise ExtractionError(f"model answered {type(content).__name__}, not JSON text")
+    text = _strip_fence(content)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = _embedded_json(text)
+        if parsed is None:
+            raise ExtractionError(f"malformed model output (not JSON): {content[:200]!r}") from None
+    if isinstance(parsed, dict) and "facts" in parsed:
+        parsed = parsed["facts"]
+    if isinstance(parsed, dict):
+        parsed = [parsed]  # one fact, not wrapped in a list
+    if not isinstance(parsed, list):
+        raise ExtractionError(f"malformed model output (no list of facts): {content[:200]!r}")
+    return parsed
+
+
+def _embedded_json(text: str) -> Any:
+    """The first JSON object or list inside prose ("Here are the facts: {...}"), or None."""
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            try:
+                return decoder.raw_decode(text[i:])[0]
+            except ValueError:
+                continue
+    return None
+
+
+def _lenient(item: Any) -> Any:
+    """Repair the small slips models make in one fact; anything else is left for validation to reject."""
+    if not isinstance(item, dict):
+        return item
+    fixed = dict(item)
+    for name in ("attribute", "value", "text", "kind"):
+        v = fixed.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            fixed[name] = str(v)
+        elif v is None and name == "kind":
+            fixed.pop(name, None)
+    if fixed.get("text") is None:
+        fixed["text"] = ""  # filled in from attribute and value below
+    c = fixed.get("confidence")
+    if c is None or isinstance(c, bool):
+        fixed.pop("confidence", None)
+    elif isinstance(c, (int, float)):
+        fixed["confidence"] = min(1.0, max(0.0, float(c)))
+    return fixed
 
 
 def _strip_fence(text: str) -> str:
