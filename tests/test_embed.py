@@ -211,3 +211,32 @@ async def test_openai_embedder_errors_are_amber_errors(endpoint: _Endpoint) -> N
         await down.embed(["x"])
     assert info.value.__cause__ is not None
     await down.aclose()
+
+
+def test_cli_worker_reaches_an_openai_compatible_endpoint_configured_in_the_environment(
+        endpoint: _Endpoint, tmp_path: Any) -> None:
+    """`amber worker --embedder openai:<model>` takes the key and base URL from the environment (the
+    library never reads it; the CLI does): without them every job failed against api.openai.com."""
+    import amber
+    from click.testing import CliRunner
+
+    from amber.cli import main
+
+    url = f"sqlite:///{tmp_path / 'amber.db'}"
+
+    async def seed() -> None:
+        async with await amber.open_store(url) as s:
+            await s.append_one(amber.SessionKey("acme", "u-1", "t"), amber.NewMessage("user", "thanks, that helps a lot"))
+
+    asyncio.run(seed())
+    env = {"AMBER_EMBEDDER_BASE_URL": endpoint.url, "OPENAI_API_KEY": "sk-from-env"}
+    r = CliRunner().invoke(main, ["--store", url, "--json", "worker", "--once", "--embedder", "openai:emb-model"],
+                           env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert endpoint.requests and all(q["auth"] == "Bearer sk-from-env" for q in endpoint.requests)
+
+    async def stored() -> int:
+        async with await amber.open_store(url) as s:
+            return (await s.learn_queue_stats("acme"))["dead"]
+
+    assert asyncio.run(stored()) == 0

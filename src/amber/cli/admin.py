@@ -15,6 +15,7 @@ import click
 
 from ..transfer import jsonable
 from . import Context, emit, pass_ctx, run_async
+from .options import embedder_from_environ
 from .inspect import _table, _when
 
 __all__ = ["migrate", "serve", "worker", "reindex", "backup", "restore", "audit", "prune"]
@@ -94,11 +95,7 @@ def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governanc
         raise click.ClickException(f"the learning worker is not available: {exc}") from exc
 
     async def run() -> int:
-        emb = None
-        if embedder and embedder != "none":
-            from ..embed import open_embedder  # type: ignore[attr-defined]
-
-            emb = open_embedder(embedder)
+        emb = embedder_from_environ(embedder, os.environ)
         async with await ctx.open() as store:
             learner = Learner(store, embedder=emb, batch_size=batch)
             if once:
@@ -146,10 +143,9 @@ def reindex(ctx: Context, embedder: str, user: str | None) -> None:
                        f"{counts['facts']} facts embedded", err=True)
 
     async def run() -> Any:
-        from ..embed import open_embedder  # type: ignore[attr-defined]
-
         async with await ctx.open() as store:
-            return await reindex_impl(store, ctx.tenant, open_embedder(embedder), user=user, progress=progress)
+            return await reindex_impl(store, ctx.tenant, embedder_from_environ(embedder, os.environ), user=user,
+                                      progress=progress)
 
     emit(ctx, jsonable(run_async(run())))
 

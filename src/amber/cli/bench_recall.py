@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -69,11 +70,9 @@ def recall(click_ctx: click.Context, dataset: Path, store_url: str | None, embed
         if limit_conversations is not None:
             data = dict(data, conversations=data["conversations"][:limit_conversations])
         mode_list, k_list = parse_modes(modes), parse_ks(ks)
-        embedder = None
-        if embedder_spec.strip().lower() not in ("", "none"):
-            from ..embed import open_embedder
+        from .options import embedder_from_environ
 
-            embedder = open_embedder(embedder_spec)
+        embedder = embedder_from_environ(embedder_spec, os.environ)
         tmp = None
         url = store_url
         if url is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any, Sequence
 
 import click
@@ -183,9 +184,9 @@ async def recall_search(store: Any, tenant: str, user: str, query: str, *, limit
     embedder = None
     modes: tuple[str, ...] = ("lexical",)
     if embedder_spec and embedder_spec != "none":
-        from ..embed import open_embedder  # type: ignore[attr-defined]
+        from .options import embedder_from_environ
 
-        embedder = open_embedder(embedder_spec)
+        embedder = embedder_from_environ(embedder_spec, os.environ)
         modes = ("lexical", "vector")
     return await Recall(store, embedder=embedder).search(tenant, user, query, limit=limit, modes=modes,
                                                         kinds=tuple(kinds))

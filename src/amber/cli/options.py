@@ -27,12 +27,33 @@ from typing import Any, Mapping
 
 from ..errors import InvalidInput
 
-__all__ = ["ENV_VARS", "governance_from_environ", "parse_redaction"]
+__all__ = ["ENV_VARS", "embedder_from_environ", "governance_from_environ", "parse_redaction"]
 
 # Every variable this module reads (a global CLI option exports its value to the same name, so the
 # server's worker processes, which build their app from the environment, see it too).
 ENV_VARS = ("AMBER_MASTER_KEY", "AMBER_MASTER_KEY_FILE", "AMBER_KEYRING", "AMBER_ENCRYPT_TENANTS",
             "AMBER_REDACT", "AMBER_REDACT_HASH_KEY")
+
+
+def embedder_from_environ(spec: str | None, environ: Mapping[str, str]) -> Any:
+    """The embedder for ``spec`` (``none``, ``minilm``, ``openai:<model>``, ``hash[:dim]``), with what
+    an ``openai:`` endpoint needs from the environment: ``AMBER_EMBEDDER_API_KEY`` (else
+    ``OPENAI_API_KEY``) and ``AMBER_EMBEDDER_BASE_URL`` (else ``OPENAI_BASE_URL``; default OpenAI's).
+    Every command and the server open embedders here, so the worker that stores vectors and the
+    search that queries them reach the same endpoint."""
+    from ..embed import open_embedder
+
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    options: dict[str, Any] = {}
+    if spec.strip().lower().startswith("openai:"):
+        key = environ.get("AMBER_EMBEDDER_API_KEY") or environ.get("OPENAI_API_KEY")
+        url = environ.get("AMBER_EMBEDDER_BASE_URL") or environ.get("OPENAI_BASE_URL")
+        if key:
+            options["api_key"] = key
+        if url:
+            options["base_url"] = url
+    return open_embedder(spec, **options)
 
 
 def governance_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:

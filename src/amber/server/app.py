@@ -332,13 +332,10 @@ def app_from_env() -> FastAPI:
         from ..cli import default_store_url
 
         url = default_store_url()
-    embedder = None
-    spec = os.environ.get("AMBER_EMBEDDER")
-    if spec and spec != "none":  # the same embedder `amber worker --embedder` stores vectors with
-        from ..embed import open_embedder
+    # The same embedder (and endpoint) `amber worker --embedder` stores vectors with.
+    from ..cli.options import embedder_from_environ, governance_from_environ  # the CLI's one way
 
-        embedder = open_embedder(spec)
-    from ..cli.options import governance_from_environ  # the CLI's one way to configure the layers
+    embedder = embedder_from_environ(os.environ.get("AMBER_EMBEDDER"), os.environ)
 
     return create_app(url, admin_key=os.environ.get("AMBER_ADMIN_KEY") or None,
                       max_body_bytes=int(os.environ.get("AMBER_SERVER_MAX_BODY", 8 * 1_048_576)),
