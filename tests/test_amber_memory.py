@@ -4,14 +4,18 @@ inspect exactly what the model received."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
+from autogen_core import FunctionCall
 from autogen_core.memory import MemoryContent, MemoryMimeType
 from autogen_core.model_context import BufferedChatCompletionContext, UnboundedChatCompletionContext
-from autogen_core.models import LLMMessage, SystemMessage, UserMessage
+from autogen_core.models import (AssistantMessage, CreateResult, FunctionExecutionResultMessage, LLMMessage,
+                                 RequestUsage, SystemMessage, UserMessage)
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 import amber
@@ -24,8 +28,9 @@ SINGLE_SYSTEM = {"vision": False, "function_calling": False, "json_output": Fals
 
 
 class RecordingClient(ReplayChatCompletionClient):
-    def __init__(self, n: int) -> None:
-        super().__init__(["Noted."] * n, model_info=SINGLE_SYSTEM)
+    def __init__(self, n: int, answers: Sequence[str | CreateResult] = (), *, function_calling: bool = False) -> None:
+        super().__init__(list(answers) or ["Noted."] * n,
+                         model_info={**SINGLE_SYSTEM, "function_calling": function_calling})
         self.received: list[list[LLMMessage]] = []
 
     async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> Any:
@@ -229,3 +234,40 @@ async def test_a_single_message_is_corrected_or_forgotten_with_what_was_learned_
         await memory.correct_message(injected.id, "x", thread="last-month")
     ops = [e.operation for e in await store.list_audit("acme", limit=1000)]
     assert "message.correct" in ops and "message.delete" in ops
+
+
+# -- review fixes: each test below failed on the code before its fix ------------------------------------
+
+def lookup_claim(claim: str) -> str:
+    """Look up a claim's status."""
+    return f"claim {claim} is open"
+
+
+def assert_tool_results_follow_their_calls(messages: list[LLMMessage]) -> None:
+    """What OpenAI-style APIs demand: a tool result right after the assistant message that called it."""
+    for i, m in enumerate(messages):
+        if isinstance(m, FunctionExecutionResultMessage):
+            before = messages[i - 1] if i else None
+            assert isinstance(before, AssistantMessage) and isinstance(before.content, list), \
+                f"orphan tool result at {i}: {[type(x).__name__ for x in messages]}"
+
+
+@pytest.mark.parametrize("buffer_size", [2, 3, 4, 5, 6])
+async def test_a_sliding_window_with_tool_calls_never_starts_the_block_before_an_orphan_tool_result(
+        store: amber.Store, buffer_size: int) -> None:
+    await seed(store)
+    key = amber.SessionKey("acme", "u-42", "tools")
+    call = CreateResult(finish_reason="function_calls", usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
+                        content=[FunctionCall(id="c1", name="lookup_claim", arguments='{"claim": "C-7788"}')],
+                        cached=False)
+    client = RecordingClient(0, [call, "Noted."] * 8, function_calling=True)
+    agent = AssistantAgent("support", model_client=client, tools=[lookup_claim],
+                           model_context=BufferedChatCompletionContext(buffer_size=buffer_size),
+                           memory=[AmberMemory(store, key, max_tokens=300)])
+    for turn in range(16):
+        await agent.run(task=f"turn {turn}: what is the status of my claim number?")
+        sent = client.received[-1]
+        assert_tool_results_follow_their_calls(sent)
+        assert "C-7788" in assert_single_leading_system(sent)
+
+

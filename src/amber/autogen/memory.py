@@ -42,7 +42,7 @@ from typing import Any, Sequence
 from autogen_core import CancellationToken, Component, ComponentModel
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
 from autogen_core.model_context import ChatCompletionContext
-from autogen_core.models import SystemMessage, UserMessage
+from autogen_core.models import FunctionExecutionResultMessage, SystemMessage, UserMessage
 from pydantic import BaseModel, Field, SecretStr
 from typing_extensions import Self
 
@@ -263,20 +263,19 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         lead = 0
         while lead < len(msgs) and isinstance(msgs[lead], SystemMessage):
             lead += 1
-        msgs.insert(lead, block)
-        if _visible_first(await model_context.get_messages(), block):
-            return
-        # A sliding window (e.g. BufferedChatCompletionContext) cut it off: put it at the window's start.
-        msgs.remove(block)
+        # First choice: right after the leading system messages. A sliding window (e.g.
+        # BufferedChatCompletionContext) may cut that off; then try each place from the window's
+        # start on. A place counts only if the model sees the block first AND no tool result right
+        # after it: the block would hide that orphaned result from the context's own check on
+        # messages[0], and OpenAI-style APIs reject a tool result without its call.
         window = await model_context.get_messages()
-        start = next((i for i, m in enumerate(msgs) if window and m is window[0]), None)
-        if start is not None:
-            for position in (start, start + 1):
-                msgs.insert(position, block)
-                if _visible_first(await model_context.get_messages(), block):
-                    return
-                msgs.remove(block)
-        msgs.append(block)  # last resort: visible, though not leading
+        start = next((i for i, m in enumerate(msgs) if window and m is window[0]), len(msgs))
+        for position in dict.fromkeys((lead, *range(max(start, lead), len(msgs) + 1))):
+            msgs.insert(position, block)
+            if _leads_a_valid_window(await model_context.get_messages(), block):
+                return
+            del msgs[position]
+        msgs.append(block)  # last resort: visible, though not leading, and nothing after it
 
     async def query(
         self, query: str | MemoryContent, cancellation_token: CancellationToken | None = None, **kwargs: Any
@@ -434,11 +433,12 @@ def _is_block(message: Any) -> bool:
         and message.content.startswith(BLOCK_OPEN)
 
 
-def _visible_first(window: Sequence[Any], block: SystemMessage) -> bool:
-    """The block is in the window and only system messages precede it."""
-    for m in window:
+def _leads_a_valid_window(window: Sequence[Any], block: SystemMessage) -> bool:
+    """Only system messages precede the block in the window, and no tool result follows it."""
+    for i, m in enumerate(window):
         if m is block:
-            return True
+            after = window[i + 1] if i + 1 < len(window) else None
+            return not isinstance(after, FunctionExecutionResultMessage)
         if not isinstance(m, SystemMessage):
             return False
     return False
