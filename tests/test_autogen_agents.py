@@ -146,6 +146,33 @@ async def test_team_rebuilt_per_request_resumes_from_saved_state(store):
                                                   "a2", "r2"]
 
 
+async def test_team_state_never_keeps_a_copy_of_what_memory_recalled(store):
+    """AutoGen puts each MemoryQueryEvent (the recalled memories) into the group chat's message thread.
+    Saved with the team state, it would be a copy of the user's memory that forget() never reaches."""
+    from autogen_core.memory import MemoryContent, MemoryMimeType
+
+    from amber.autogen import AmberMemory
+
+    memory = AmberMemory(store, KEY)
+    await memory.add(MemoryContent(content="The user's claim number is C-7788.", mime_type=MemoryMimeType.TEXT))
+    agent = AssistantAgent("support", ReplayChatCompletionClient(["Your claim is C-7788."]), memory=[memory],
+                           model_context=DurableChatCompletionContext(store, KEY, agent_name="support"))
+    team = RoundRobinGroupChat([agent], termination_condition=MaxMessageTermination(2))
+    result = await TeamStateKeeper(store, KEY, team).run(task="Which claim was it?")
+    assert "MemoryQueryEvent" in [type(m).__name__ for m in result.messages]  # recall did happen
+    thread = (await store.get_state(KEY, "team")).data["agent_states"]["RoundRobinGroupChatManager"]["message_thread"]
+    assert [m["type"] for m in thread] == ["TextMessage", "TextMessage"]
+    assert "The user's claim number" not in repr(thread)
+    # The saved state still resumes: the next request's team continues the same thread.
+    team2 = RoundRobinGroupChat([AssistantAgent(
+        "support", ReplayChatCompletionClient(["Anything else?"]),
+        model_context=DurableChatCompletionContext(store, KEY, agent_name="support"))],
+        termination_condition=MaxMessageTermination(2))
+    await TeamStateKeeper(store, KEY, team2).run(task="Thanks")
+    thread = (await store.get_state(KEY, "team")).data["agent_states"]["RoundRobinGroupChatManager"]["message_thread"]
+    assert [m["content"] for m in thread] == ["Which claim was it?", "Your claim is C-7788.", "Thanks", "Anything else?"]
+
+
 async def test_a_chat_ended_by_a_termination_condition_keeps_every_message(store):
     team = round_robin(store, KEY, {"adjuster": ["checking", "never sent"], "reviewer": ["approved TERMINATE"]},
                        termination=TextMentionTermination("TERMINATE"))

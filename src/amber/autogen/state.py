@@ -96,6 +96,23 @@ def _resume_round_robin(target: Any, state: Mapping[str, Any]) -> Mapping[str, A
     return repaired or state
 
 
+def _without_recalled_memory(state: Any) -> Any:
+    """``state`` less the ``MemoryQueryEvent`` entries AutoGen keeps in a group chat's message thread.
+    They hold what memory recalled for a turn: derived data that recall rebuilds each turn. Kept in the
+    saved state they would be a second copy of the user's memory that ``forget`` and erasure never
+    reach (and an agent never reads them back: only chat messages steer a team)."""
+    if isinstance(state, Mapping):
+        out = {}
+        for k, v in state.items():
+            if k == "message_thread" and isinstance(v, list):
+                v = [m for m in v if not (isinstance(m, Mapping) and m.get("type") == "MemoryQueryEvent")]
+            out[k] = _without_recalled_memory(v)
+        return out
+    if isinstance(state, list):
+        return [_without_recalled_memory(v) for v in state]
+    return state
+
+
 async def _next(stream: AsyncGenerator[Any, None], token: CancellationToken) -> Any:
     """The stream's next item. If *our* task is cancelled meanwhile, cancel the run through its token
     first and let it wind down: cancelling the team's generator directly would leave it waiting for
@@ -179,7 +196,7 @@ class TeamStateKeeper:
     async def save(self) -> StateBlob:
         """Save the target's state now, compare-and-set against the version this keeper holds.
         A keeper that never loaded expects no saved state yet (it will not overwrite one blindly)."""
-        data = await self._target.save_state()
+        data = _without_recalled_memory(await self._target.save_state())
         expected = self._version if self._version is not None else 0
         try:
             blob = await self._store.put_state(self._key, self._name, data, expected_version=expected)
