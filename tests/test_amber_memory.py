@@ -271,3 +271,28 @@ async def test_a_sliding_window_with_tool_calls_never_starts_the_block_before_an
         assert "C-7788" in assert_single_leading_system(sent)
 
 
+async def test_a_store_error_in_recall_degrades_the_turn_logs_the_session_and_is_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    async with await amber.open_store(url) as seeded:
+        await seed(seeded)
+    memory_store = await amber.open_store(url)  # the memory's own handle: the one that fails
+    key = amber.SessionKey("acme", "u-42", "today")
+    memory = AmberMemory(memory_store, key, max_tokens=300)
+    client = RecordingClient(2)
+    context = UnboundedChatCompletionContext()
+    agent = AssistantAgent("support", model_client=client, model_context=context, memory=[memory])
+    await agent.run(task="what is my claim number?")
+    assert "C-7788" in assert_single_leading_system(client.received[-1])
+
+    await memory_store.close()  # the store goes away between two turns
+    with caplog.at_level("WARNING", logger="amber.autogen.memory"):
+        result = await agent.run(task="and my claim number again?")
+    assert result.messages[-1].content == "Noted."  # the turn went on
+    assert not any(BLOCK_OPEN in str(m.content) for m in client.received[-1])  # the stale block was removed
+    assert memory.recall_failures == 1 and memory.last_block is None
+    assert any("acme/u-42/today" in r.getMessage() and "StoreUnavailable" in r.getMessage() for r in caplog.records)
+    with pytest.raises(amber.StoreUnavailable):  # an explicit query still raises: its caller asked
+        await memory.query("claim number")
+
+

@@ -10,6 +10,10 @@ The block replaces the previous turn's block:
   (so clients that accept a single, leading system message work); the previous turn's block is
   found and removed first, so there is never a second one.
 
+If recall fails (the store is down), ``update_context`` degrades: the previous block is removed, the
+turn goes on without one, a warning names the session key and :attr:`AmberMemory.recall_failures`
+counts it. ``query`` is an explicit call and raises.
+
 ``query`` results are ``MemoryContent(content=text, mime_type="text/plain", metadata=...)`` with this
 metadata schema (see docs/memory.md)::
 
@@ -47,7 +51,7 @@ from pydantic import BaseModel, Field, SecretStr
 from typing_extensions import Self
 
 from ..embed import embedder_spec, open_embedder
-from ..errors import InvalidInput, NotFound
+from ..errors import AmberError, InvalidInput, NotFound
 from ..keys import SessionKey
 from ..records import Fact, Hit, Message, NewFact, VectorItem
 from ..recall import BLOCK_OPEN, Recall, render_block
@@ -164,6 +168,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         self._extractor = extractor
         self._learner: Any = None
         self._last_block: str | None = None
+        self._recall_failures = 0
 
     # -- identity and lifecycle ------------------------------------------------------------------
     @property
@@ -173,6 +178,12 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
     @property
     def key(self) -> SessionKey:
         return self._key
+
+    @property
+    def recall_failures(self) -> int:
+        """How many :meth:`update_context` calls went on without a block because recall failed
+        (each is logged as a warning naming the session key)."""
+        return self._recall_failures
 
     @property
     def last_block(self) -> str | None:
@@ -242,7 +253,13 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
             # Turns already in the context are not worth a second copy in the block.
             in_context = [c for m in messages if not isinstance(m, SystemMessage)
                           if (c := _text_of(getattr(m, "content", None)))]
-            hits = await self._search(query, exclude_texts=in_context)
+            try:
+                hits = await self._search(query, exclude_texts=in_context)
+            except Exception as exc:  # recall is an aid: a store outage must not fail the agent's turn
+                self._recall_failures += 1
+                log.warning("memory recall for %s failed, the turn goes on without a memory block "
+                            "(%d failures so far): %s: %s", self._key, self._recall_failures,
+                            type(exc).__name__, exc, exc_info=not isinstance(exc, AmberError))
         block = render_block(hits, max_tokens=self._max_tokens)
         await self._inject(model_context, block.text or None)
         return UpdateContextResult(memories=MemoryQueryResult(results=[self._content(h) for h in block.hits]))
