@@ -12,7 +12,8 @@ Whose fact it is matters as much as the value: in "my colleague Aisha's policy i
 policy is Aisha's, so it is learned as ``colleague_aisha:policy_number`` ("The user's colleague
 Aisha's policy number is P-369308."), never as the user's own policy number (which it would
 otherwise silently supersede). Questions ("is my phone number still 0770...?") state nothing and
-yield no statement facts.
+yield no statement facts; a value a question offers for confirmation ("can you confirm your policy
+number is P-99999?") or as one of alternatives ("P-12345 or P-54321?") is never learned.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
 _MONTH_WORD = rf"(?:{_MONTHS})[a-z]*\.?"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_IDENT_VALUE = r"[A-Za-z0-9][A-Za-z0-9\-/]{2,40}"
 _IDENT = re.compile(
     r"\b(claim|policy|order|account|ticket|case|invoice|reference|booking|membership|member|customer|contract"
-    r"|tracking|confirmation|loan|card|iban|vin)\s*(?:number|no\.?|num|#|id|ref)?\s*(?:is|was|:|=|#)?\s*"
-    r"(?:now\s+|still\s+)?(?:,?\s*(?:the\s+one\s+)?ending(?:\s+in)?\s+)?([A-Za-z0-9][A-Za-z0-9\-/]{2,40})",
+    r"|tracking|confirmation|loan|card|iban|vin)\s*(?:number|no\.?|num|#|id|ref)?\s*(?:is|was|:|=|#)?"
+    rf"\s*(?:now\s+|still\s+)?(?:,?\s*(?:the\s+one\s+)?ending(?:\s+in)?\s+)?"
+    rf"(?P<value>{_IDENT_VALUE})",
     re.IGNORECASE,
 )
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
@@ -140,6 +143,85 @@ _USER = _Subject()
 # Where a stated value ends and a side remark begins: "P-123456, it covers the Subaru".
 _CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|though|when|that|she|he|they)\b)",
                           re.IGNORECASE)
+
+# -- questions ------------------------------------------------------------------------------------
+# A question states nothing about the value it asks about. That value is one offered for confirmation
+# ("can you confirm your policy number is P-99999?", "is my policy number P-12345?", "C-7788, right?")
+# or as an alternative ("P-12345 or P-54321?"). A value the asker mentions as context ("what's the
+# status of my claim C-7788?") is still learned when it is the asker's own: whoever asks about their own
+# claim has that claim, and users name their identifiers this way all the time. Someone asking about
+# another's value (the agent about the user's, "do you mean order 55124?") is asking, never telling.
+_CONFIRM_REQUEST = re.compile(
+    r"(?:^|\b(?:please|kindly)\s+|\b(?:can|could|would|will)\s+you\s+(?:please\s+|just\s+)?)(?:confirm|verify)\b",
+    re.IGNORECASE,
+)
+# Where the asking starts when a statement comes first: "Your claim number is C-7788, is there anything else?",
+# "Your order 55123 arrives Monday, OK?" (asking whether that suits, not whether the number is right)
+_ASKING_CLAUSE = re.compile(
+    r"(?:[,;:]|\s[-–—]+)\s*(?=(?:is|are|was|were|do|does|did|can|could|would|will|shall|should|may|what|when"
+    r"|where|which|who|why|how|anything|any|ok|okay|alright)\b)",
+    re.IGNORECASE,
+)
+# A tag that turns the whole sentence into a request to confirm it: "..., is that right?", "..., right?"
+_TAG = re.compile(
+    r"[,;:]?\s*(?:(?:is|was|are)n['’]t\s+(?:it|that|this)"
+    r"|(?:is|was)\s+(?:it|that|this)(?:\s+(?:right|correct))?|right|correct|yes|yeah|no)\s*\?\s*$",
+    re.IGNORECASE,
+)
+# The value is what is asked about: the complement of a copula ("... is P-99999?", "... ending in 4021?"),
+_LINKED = re.compile(r"(?:\b(?:is|was|are|were)\s|['’]s\s|[:=]|\bending(?:\s+in)?\s)\s*"
+                     r"(?:(?:still|now|actually|really)\s+)?$", re.IGNORECASE)
+# ... the noun right after a question-opening copula or "confirm" ("is my policy number P-12345?"; not
+# "is there an update on my claim C-7788?"), when nothing but the question's end follows the value,
+_ASKING_HEAD = re.compile(
+    r"(?:^|[,;:]\s*)(?:(?:so|and|but|ok|okay|sorry|just|then|also|hi|hello)\W+)*(?:is|was|are|were)(?:n['’]t)?\s+"
+    r"|\b(?:confirm|verify|double-check|mean)\s+(?:that\s+)?",
+    re.IGNORECASE,
+)
+_HEAD_GAP = re.compile(
+    r"(?:(?!(?:of|on|for|about|with|to|in|from|at|by|regarding|under|there|here)\b)[\w'’-]+\s+){0,5}", re.IGNORECASE)
+_ASKED_END = re.compile(r"\s*(?:(?:still|then|now|too|again|any\s?more|right|correct|please|by any chance)\b\s*)*"
+                        r"(?:[,;?.!]|\bor\b|$)", re.IGNORECASE)
+# ... or one of alternatives ("P-12345 or P-54321?").
+_OR_AFTER = re.compile(r"\s*,?\s*(?:or|nor)\b", re.IGNORECASE)
+_OR_BEFORE = re.compile(r"\b(?:or|either)\s+(?:[\w'’-]+\s+){0,3}$", re.IGNORECASE)
+_CLAUSE_STOP = re.compile(r"[,;:]|\s[-–—]+")
+
+
+def _asking(sentence: str) -> tuple[int, int] | None:
+    """The part of a sentence that asks (offsets), or None for a statement. A tag ("..., right?") asks
+    about the whole sentence; a question after a statement only about what follows the statement; a
+    request to confirm about its own clause ("Please verify my identity, my policy number is ..." states)."""
+    if sentence.rstrip(" \"')”’").endswith("?"):
+        if _TAG.search(sentence):
+            return 0, len(sentence)
+        starts = [m.end() for m in _ASKING_CLAUSE.finditer(sentence)]
+        return (starts[-1] if starts else 0), len(sentence)
+    m = _CONFIRM_REQUEST.search(sentence)
+    if m is None:
+        return None
+    stop = _CLAUSE_STOP.search(sentence, m.end())
+    return m.start(), stop.start() if stop else len(sentence)
+
+
+def _offered(sentence: str, start: int, end: int) -> bool:
+    """Whether a question offers the value at ``sentence[start:end]`` for confirmation or as an
+    alternative (so states nothing about it), rather than mentioning it as context."""
+    before, after = sentence[:start], sentence[end:]
+    if _TAG.search(sentence) or _LINKED.search(before) or _OR_AFTER.match(after) or _OR_BEFORE.search(before):
+        return True
+    if not _ASKED_END.match(after):
+        return False
+    return any(_HEAD_GAP.fullmatch(before[h.end():]) for h in _ASKING_HEAD.finditer(before))
+
+
+def _stated(sentence: str, start: int, end: int, *, own: bool) -> bool:
+    """Whether ``sentence`` states the value at ``sentence[start:end]`` rather than asking about it.
+    In a question only the asker's own value mentioned as context counts (see ``_offered``)."""
+    asking = _asking(sentence)
+    if asking is None or not asking[0] <= start < asking[1]:
+        return True
+    return own and not _offered(sentence, start, end)
 
 
 def _owner(sentence: str, at: int) -> tuple[str, str] | None:
@@ -268,24 +350,29 @@ class RuleExtractor:
             identifier_spans: list[tuple[int, int]] = []
             if role in self.identifier_roles:
                 for m in _IDENT.finditer(sentence):
-                    value = m.group(2).rstrip("-/.")
-                    if not _has_digit(value) or len(value) < 3:
+                    start, end = m.span("value")
+                    if not _has_digit(m.group("value")) or len(m.group("value").rstrip("-/.")) < 3:
                         continue
+                    identifier_spans.append((start, end))
+                    value = sentence[start:end].rstrip("-/.")
                     noun = m.group(1).lower()
+                    mine = other is not None and _nearest_possessive(sentence, m.start()) in ("my", "our")
+                    if not _stated(sentence, start, end, own=role == "user" or mine):
+                        continue
                     if role == "user":
                         add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start(),
                                   me)
-                    elif other is not None and _nearest_possessive(sentence, m.start()) in ("my", "our"):
+                    elif mine:
                         add_value(f"{noun}_number", value, f"{noun} number", "identifier", 0.9, sentence, m.start(),
                                   other)
                     else:  # what an agent tells the user: "your claim number is C-7788"
                         add(f"{noun}_number", value, f"The user's {noun} number is {{}}.", "identifier", 0.9)
-                    identifier_spans.append(m.span(2))
             if role != "user" and other is None:
                 continue
             for m in _EMAIL.finditer(sentence):
-                add_value("email", m.group(0), "e-mail address", "contact", 0.9, sentence, m.start(),
-                          whose(sentence, m.start()))
+                who = whose(sentence, m.start())
+                if _stated(sentence, m.start(), m.end(), own=who is subject):
+                    add_value("email", m.group(0), "e-mail address", "contact", 0.9, sentence, m.start(), who)
             date_spans = [m.span() for m in _DATE.finditer(sentence)]
             for m in _PHONE.finditer(sentence):
                 start, end = m.span(1)
@@ -294,21 +381,28 @@ class RuleExtractor:
                 value = m.group(1).strip()
                 if not 7 <= _digits(value) <= 15 or re.fullmatch(r"\d{4}", value):
                     continue
-                add_value("phone", value, "phone number", "contact", 0.85, sentence, start, whose(sentence, start))
+                who = whose(sentence, start)
+                if _stated(sentence, start, end, own=who is subject):
+                    add_value("phone", value, "phone number", "contact", 0.85, sentence, start, who)
         if role != "user":
             for sentence in sentences:
-                if sentence.endswith("?"):
-                    continue
                 for m in _YOUR_X_IS_Y.finditer(sentence):
+                    start, end = m.span(2)
+                    if not _stated(sentence, start, end, own=False):
+                        continue  # the agent asking the user ("can you confirm your adjuster is ...?")
                     what = m.group(1).lower()
-                    add(slug(what, words=3), m.group(2), f"The user's {what} is {{}}.", "statement", 0.8)
+                    add(slug(what, words=3), sentence[start:end], f"The user's {what} is {{}}.", "statement", 0.8)
             if other is None:
                 return out
 
         values = [c.value for c in out]
         for sentence in sentences:
-            if sentence.endswith("?"):
-                continue  # a question states nothing ("is my address still 4 Oak Street?")
+            asking = _asking(sentence)
+            if asking is not None:  # a question states nothing ("is my address still 4 Oak Street?"), but
+                # a statement before it does ("I moved to York, can you update my address?")
+                sentence = (sentence[:asking[0]] + " " + sentence[asking[1]:]).strip(" ,;:-–—")
+                if not sentence:
+                    continue
             for m in _MY_X_IS_Y.finditer(sentence):
                 what = re.sub(r"^(?:new|current|old|updated)\s+", "", m.group(1).strip(), flags=re.IGNORECASE)
                 attribute = slug(what, words=4)
