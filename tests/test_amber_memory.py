@@ -296,3 +296,14 @@ async def test_a_store_error_in_recall_degrades_the_turn_logs_the_session_and_is
         await memory.query("claim number")
 
 
+async def test_a_config_dumped_to_json_is_refused_at_load_time_with_how_to_pass_the_store(tmp_path: Path) -> None:
+    memory = AmberMemory(f"sqlite:///{tmp_path / 'cfg.db'}", amber.SessionKey("acme", "u-1", "t"))
+    from_json = json.loads(memory.dump_component().model_dump_json())
+    assert from_json["config"]["store_url"] == "**********"
+    with pytest.raises(amber.InvalidInput, match=r"masked.*store_url"):
+        AmberMemory.load_component(from_json)
+    agent = AssistantAgent("support", model_client=RecordingClient(1), memory=[memory])
+    with pytest.raises(Exception, match="masked"):  # an agent holding it is refused when loaded, not mid-turn
+        AssistantAgent.load_component(json.loads(agent.dump_component().model_dump_json()))
+
+

@@ -339,12 +339,7 @@ class DurableChatCompletionContext(ChatCompletionContext, Component[DurableChatC
     @classmethod
     def _from_config(cls, config: DurableChatCompletionContextConfig) -> Self:
         # Synchronous by AutoGen's contract, so the store is opened on first use.
-        url = config.store_url.get_secret_value()
-        if url.strip("*") == "":
-            raise InvalidInput(
-                "the component config's store_url is masked ('**********'): AutoGen masks secrets when a "
-                "component is dumped to JSON; put the store URL back into config['store_url'] before loading"
-            )
+        url = store_url_from_config(config.store_url, cls.__name__)
         model_client = (
             ChatCompletionClient.load_component(config.model_client) if config.model_client is not None else None
         )
@@ -464,6 +459,19 @@ class DurableChatCompletionContext(ChatCompletionContext, Component[DurableChatC
         if messages and isinstance(messages[0], SystemMessage):
             return [SystemMessage(content=f"{messages[0].content}\n\n{block}")] + messages[1:]
         return [SystemMessage(content=block)] + messages
+
+
+def store_url_from_config(store_url: SecretStr, component: str) -> str:
+    """The store URL of a component config being loaded. Refused here, at load time, when AutoGen
+    masked it in a JSON dump: otherwise the first use -- inside an agent's turn -- would fail."""
+    url = store_url.get_secret_value()
+    if url.strip("*") == "":
+        raise InvalidInput(
+            f"the {component} component config's store_url is masked ('**********'): AutoGen masks secrets "
+            "when a component is dumped to JSON; put the store URL back into config['store_url'] before "
+            f"loading, or construct {component}(store, ...) in code"
+        )
+    return url
 
 
 def _window(value: object) -> Unbounded | LastN | TokenBudget | HeadAndTail:

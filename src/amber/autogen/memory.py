@@ -56,6 +56,7 @@ from ..keys import SessionKey
 from ..records import Fact, Hit, Message, NewFact, VectorItem
 from ..recall import BLOCK_OPEN, Recall, render_block
 from ..store.base import Store
+from .context import store_url_from_config
 
 __all__ = ["AmberMemory", "AmberMemoryConfig", "hit_metadata"]
 
@@ -430,6 +431,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
 
     @classmethod
     def _from_config(cls, config: AmberMemoryConfig) -> Self:
+        url = store_url_from_config(config.store_url, cls.__name__)
         extractor = None
         if config.extractor_model_client is not None:
             from autogen_core.models import ChatCompletionClient
@@ -438,7 +440,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
 
             extractor = ModelExtractor(ChatCompletionClient.load_component(config.extractor_model_client))
         return cls(
-            config.store_url, SessionKey(config.tenant, config.user, config.thread), name=config.name,
+            url, SessionKey(config.tenant, config.user, config.thread), name=config.name,
             limit=config.limit, max_tokens=config.max_tokens, min_score=config.min_score, modes=config.modes,
             kinds=config.kinds, neighbours=config.neighbours, embedder=config.embedder, learn=config.learn,
             extractor=extractor,
