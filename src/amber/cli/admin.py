@@ -81,10 +81,16 @@ def serve(ctx: Context, host: str, port: int, workers: int, admin_key: str | Non
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1000),
               help="Jobs claimed per round.")
 @click.option("--embedder", default=None, help="Embedder spec (none, minilm, openai:<model>).")
+@click.option("--extractor", type=click.Choice(["rules", "model"]), default="rules", show_default=True,
+              help="How facts are extracted: rules (no model), or a model given by --model-config.")
+@click.option("--model-config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON file: the AutoGen component config of the ChatCompletionClient the model extractor "
+                   "calls (what client.dump_component() gives).")
 @click.option("--governance-interval", default=60.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds between governance rounds: chain the audit trail, enforce stored retention policies.")
 @pass_ctx
-def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governance_interval: float) -> None:
+def worker(ctx: Context, once: bool, batch: int, embedder: str | None, extractor: str, model_config: str | None,
+           governance_interval: float) -> None:
     """Run the learning worker: extract facts and embeddings from new messages; periodically chain
     the audit trail and enforce the stored retention policies."""
     from ..governance.retention import housekeeping, run_housekeeping
@@ -93,11 +99,12 @@ def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governanc
         from ..learn import Learner  # type: ignore[attr-defined]
     except ImportError as exc:
         raise click.ClickException(f"the learning worker is not available: {exc}") from exc
+    extract = _extractor(extractor, model_config)  # before the store opens: a bad config changes nothing
 
     async def run() -> int:
         emb = embedder_from_environ(embedder, os.environ)
         async with await ctx.open() as store:
-            learner = Learner(store, embedder=emb, batch_size=batch)
+            learner = Learner(store, embedder=emb, batch_size=batch, extractor=extract)
             if once:
                 total = 0
                 while True:
@@ -119,6 +126,26 @@ def worker(ctx: Context, once: bool, batch: int, embedder: str | None, governanc
     n = run_async(run())
     if once:
         emit(ctx, {"processed": n}, lambda d: click.echo(f"processed {d['processed']} jobs"))
+
+
+def _extractor(kind: str, model_config: str | None) -> Any:
+    """The worker's extractor: None (the learner's rules) or a ModelExtractor over the configured client."""
+    if kind == "rules":
+        if model_config:
+            raise click.UsageError("--model-config is for --extractor model")
+        return None
+    if not model_config:
+        raise click.UsageError("--extractor model needs --model-config FILE (a ChatCompletionClient component config)")
+    from autogen_core.models import ChatCompletionClient
+
+    from ..learn import ModelExtractor
+
+    try:
+        config = json.loads(Path(model_config).read_text(encoding="utf-8"))
+        client = ChatCompletionClient.load_component(config)
+    except Exception as exc:  # JSON, validation and import errors of the provider: one clear message
+        raise click.ClickException(f"cannot load the model client from {model_config}: {exc}") from exc
+    return ModelExtractor(client)
 
 
 @click.command()
