@@ -1,7 +1,7 @@
-"""The rule extractor on questions: what a turn asks about is never learned.
+"""The rule extractor on questions and negations: what a turn asks about or denies is never learned.
 
 For an insurer or a bank a wrong identifier is worse than none: a value the agent offers for
-confirmation, or one of two alternatives, would otherwise supersede the real one.
+confirmation, one of two alternatives, or a value the user denies would otherwise supersede the real one.
 """
 
 from __future__ import annotations
@@ -63,3 +63,52 @@ def test_a_statement_before_an_unrelated_question_or_beside_a_request_is_still_a
     assert facts("I moved to York last week, can you update my address?") == {("home_location", "York")}
     assert facts("Please verify my identity, my policy number is P-12345.") == {("policy_number", "P-12345")}
     assert facts("My address is 5 Elm Road, is that OK?") == {("addres", "5 Elm Road")}
+
+
+# -- negations ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "My policy number is not P-11111, it is P-22222.",
+    "My policy number is not P-11111 but P-22222.",
+    "My policy number isn't P-11111, it's P-22222.",
+    "My policy number is not P-11111, but it's P-22222.",
+    "My policy number is P-22222, not P-11111.",
+])
+def test_a_negated_identifier_is_not_learned_and_the_correction_is(text: str) -> None:
+    assert facts(text) == {("policy_number", "P-22222")}
+
+
+def test_a_bare_negation_learns_nothing() -> None:
+    assert facts("My policy number is not P-11111.") == set()
+    assert facts("My address is no longer 4 Oak Street.") == set()
+    assert facts("My phone is not working.") == set()  # not a phone "number" that supersedes the real one
+
+
+def test_the_correction_of_an_account_ending_is_learned_and_a_denied_verb_keeps_the_identifier() -> None:
+    assert facts("My account isn't the one ending 4021, it's the one ending 8507.") == {("account_number", "8507")}
+    # What did not happen to an identifier does not deny it: the order is still the user's.
+    assert facts("I haven't received order 55123.") == {("order_number", "55123")}
+    assert facts("My order 55123 hasn't arrived yet.") == {("order_number", "55123")}
+
+
+def test_negated_contact_details_and_statements_are_not_learned_the_corrections_are() -> None:
+    assert facts("My email is not jo@old.com, it is jo@new.com.") == {("email", "jo@new.com")}
+    assert facts("My phone is not 07700 900 111, it's 07700 900 222.") == {("phone", "07700 900 222")}
+    assert facts("I no longer use jo@old.com.") == set()
+    assert facts("Please don't email jo@old.com any more, my email is jo@new.com.") == {("email", "jo@new.com")}
+    assert facts("I never use my landline 0113 496 0000.") == set()
+    assert facts("My account number is 12345678, not 87654321.") == {("account_number", "12345678")}
+    assert facts("My address is not 4 Oak Street, it is 5 Elm Road.") == {("addres", "5 Elm Road")}
+    assert facts("Your adjuster isn't Marcus Lee, it's Laura Becker.", role="assistant") == {
+        ("adjuster", "Laura Becker")}
+    assert facts("Your adjuster is not Marcus Lee but Laura Becker.", role="assistant") == {
+        ("adjuster", "Laura Becker")}
+    assert facts("Please don't call me Rob, call me Robert.") == {("preferred_name", "Robert")}
+
+
+def test_a_negative_preference_never_takes_the_positive_preference_slot() -> None:
+    assert facts("I don't like phone calls.") == set()
+    assert facts("I don't prefer phone calls.") == set()
+    averse = facts("I'd rather not get phone calls.")
+    assert averse and not any(a == "preference:contact_channel" for a, _ in averse)
+    assert facts("I'd prefer email, not phone calls.") == {("preference:contact_channel", "email, not phone calls")}
+    assert not any(a.startswith("resolution:") for a, _ in facts("Restarting the router never worked."))

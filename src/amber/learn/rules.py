@@ -13,7 +13,8 @@ policy is Aisha's, so it is learned as ``colleague_aisha:policy_number`` ("The u
 Aisha's policy number is P-369308."), never as the user's own policy number (which it would
 otherwise silently supersede). Questions ("is my phone number still 0770...?") state nothing and
 yield no statement facts; a value a question offers for confirmation ("can you confirm your policy
-number is P-99999?") or as one of alternatives ("P-12345 or P-54321?") is never learned.
+number is P-99999?") or as one of alternatives ("P-12345 or P-54321?") is never learned, and neither is a
+denied one: "my policy number is not P-11111, it is P-22222" teaches P-22222 only.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
 _MONTH_WORD = rf"(?:{_MONTHS})[a-z]*\.?"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# A denial right after a copula: "is not", "isn't", "is no longer".
+_NOT = r"n['’]t\b|\s*\bnot\b|\s*\bno\s+longer\b"
 _IDENT_VALUE = r"[A-Za-z0-9][A-Za-z0-9\-/]{2,40}"
 _IDENT = re.compile(
     r"\b(claim|policy|order|account|ticket|case|invoice|reference|booking|membership|member|customer|contract"
     r"|tracking|confirmation|loan|card|iban|vin)\s*(?:number|no\.?|num|#|id|ref)?\s*(?:is|was|:|=|#)?"
-    rf"\s*(?:now\s+|still\s+)?(?:,?\s*(?:the\s+one\s+)?ending(?:\s+in)?\s+)?"
+    rf"(?P<denied>{_NOT})?\s*(?:now\s+|still\s+)?(?:,?\s*(?:the\s+one\s+)?ending(?:\s+in)?\s+)?"
     rf"(?P<value>{_IDENT_VALUE})",
     re.IGNORECASE,
 )
@@ -48,15 +51,17 @@ _DATE = re.compile(
     rf"|{_MONTH_WORD}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?)\b",
     re.IGNORECASE,
 )
+# A person's name, capitalised whatever the flags around it: "Marcus Lee", not "Marcus Lee from today".
+_NAME_VALUE = r"((?-i:[A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,2}))"
 # A support agent telling the user their own details: "your adjuster is now Laura Becker".
 _YOUR_X_IS_Y = re.compile(
     r"\byour\s+(?:[a-z][\w'-]*\s+){0,2}?(adjuster|advisor|adviser|case handler|handler|agent|engineer|contact"
-    r"|representative|manager)\s+(?:is|will be)\s+(?:now\s+)?([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,2})",
+    rf"|representative|manager)\s+(?:is|will be)(?:{_NOT})?\s+(?:now\s+)?{_NAME_VALUE}",
     re.IGNORECASE,
 )
 _MY_X_IS_Y = re.compile(
     r"\bmy\s+((?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*)\s+(?:is|are|was|'s|has changed to|changed to|has moved to)"
-    r"\s+(?:now\s+|actually\s+|still\s+)?(.+?)\s*(?:[.!?;](?:\s|$)|[;!?]|,\s*(?:and|but|so|because)\b"
+    rf"({_NOT})?\s+(?:now\s+|actually\s+|still\s+)?(.+?)\s*(?:[.!?;](?:\s|$)|[;!?]|,\s*(?:and|but|so|because)\b"
     r"|\s+(?:and|but)\s+(?=(?:my|I|I'm|please)\b)|$)",
     re.IGNORECASE,
 )
@@ -140,11 +145,11 @@ class _Subject:
 
 _USER = _Subject()
 
-# Where a stated value ends and a side remark begins: "P-123456, it covers the Subaru".
-_CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|though|when|that|she|he|they)\b)",
+# Where a stated value ends and a side remark begins: "P-123456, it covers the Subaru", "..., not 4 Oak St".
+_CLAUSE_TAIL = re.compile(r",\s*(?=(?:it|for|in case|which|who|so|as|since|if|though|when|that|she|he|they|not)\b)",
                           re.IGNORECASE)
 
-# -- questions ------------------------------------------------------------------------------------
+# -- questions and denials ---------------------------------------------------------------------------
 # A question states nothing about the value it asks about. That value is one offered for confirmation
 # ("can you confirm your policy number is P-99999?", "is my policy number P-12345?", "C-7788, right?")
 # or as an alternative ("P-12345 or P-54321?"). A value the asker mentions as context ("what's the
@@ -187,6 +192,20 @@ _OR_AFTER = re.compile(r"\s*,?\s*(?:or|nor)\b", re.IGNORECASE)
 _OR_BEFORE = re.compile(r"\b(?:or|either)\s+(?:[\w'’-]+\s+){0,3}$", re.IGNORECASE)
 _CLAUSE_STOP = re.compile(r"[,;:]|\s[-–—]+")
 
+# A denied value is not learned ("is not P-11111", "isn't", "no longer", "I never use my landline 0113...",
+# "don't email jo@old.com"; not "I haven't received order 55123": the order is still theirs) ...
+_NEGATED = re.compile(
+    r"(?:\bnot|n['’]t|\bnever|\bno\s+longer)(?:\s+(?:use|using|used|email|e-mail|call|text|ring|contact|at|on))?"
+    r"(?:\s+(?:my|the|that|this|our)(?:\s+[\w-]+){0,2}?)?\s*$", re.IGNORECASE)
+# ... and the correction that follows it is: "not X, it is Y", "not X but Y", "isn't X, it's Y".
+_CORRECTION = re.compile(
+    r"\s*(?:[,;]|\s[-–—]+)?\s*\b(?:but\s+(?:(?:it|that)(?:['’]s|\s+is|\s+was)\s+)?"
+    r"|(?:it|that)(?:['’]s|\s+is|\s+was)\s+)(?:now\s+|actually\s+|really\s+)?",
+    re.IGNORECASE,
+)
+# A denial inside a stated preference: what is wanted comes before it ("email, not phone calls").
+_DENIAL = re.compile(r"\b(?:not|never|no)\b|n['’]t\b", re.IGNORECASE)
+
 
 def _asking(sentence: str) -> tuple[int, int] | None:
     """The part of a sentence that asks (offsets), or None for a statement. A tag ("..., right?") asks
@@ -215,13 +234,32 @@ def _offered(sentence: str, start: int, end: int) -> bool:
     return any(_HEAD_GAP.fullmatch(before[h.end():]) for h in _ASKING_HEAD.finditer(before))
 
 
+def _negated(sentence: str, start: int) -> bool:
+    """Whether the value at offset ``start`` is denied ("is not P-11111", "I no longer use ...")."""
+    return bool(_NEGATED.search(sentence[:start]))
+
+
 def _stated(sentence: str, start: int, end: int, *, own: bool) -> bool:
-    """Whether ``sentence`` states the value at ``sentence[start:end]`` rather than asking about it.
-    In a question only the asker's own value mentioned as context counts (see ``_offered``)."""
+    """Whether ``sentence`` states the value at ``sentence[start:end]``: it is not denied, and not asked
+    about. In a question only the asker's own value mentioned as context counts (see ``_offered``)."""
+    if _negated(sentence, start):
+        return False
     asking = _asking(sentence)
     if asking is None or not asking[0] <= start < asking[1]:
         return True
     return own and not _offered(sentence, start, end)
+
+
+def _correction(sentence: str, end: int, value: re.Pattern[str]) -> tuple[int, int] | None:
+    """Where the value that corrects a denied one ending at ``end`` is (group 1 of ``value``):
+    "not P-11111, it is P-22222" -> P-22222."""
+    m = _CORRECTION.match(sentence, end)
+    fix = value.match(sentence, m.end()) if m else None
+    return fix.span(1) if fix else None
+
+
+_IDENT_TOKEN = re.compile(rf"(?:(?:the\s+one\s+)?ending(?:\s+in)?\s+)?({_IDENT_VALUE})", re.IGNORECASE)
+_NAME = re.compile(_NAME_VALUE)
 
 
 def _owner(sentence: str, at: int) -> tuple[str, str] | None:
@@ -268,11 +306,14 @@ def _digits(value: str) -> int:
 
 
 def _preference_attribute(what: str) -> str:
-    if _CHANNELS.search(what):
+    """The slot a preference fills. Only what is wanted picks a slot: "email, not phone calls" is a
+    channel preference for e-mail; "not get phone calls" fills no channel slot (it would supersede one)."""
+    wanted = _DENIAL.split(what, 1)[0]
+    if _CHANNELS.search(wanted):
         return "preference:contact_channel"
-    if _LANGUAGES.search(what):
+    if _LANGUAGES.search(wanted):
         return "preference:language"
-    if _TIMES.search(what):
+    if _TIMES.search(wanted):
         return "preference:contact_time"
     return "preference:" + slug(what, words=3)
 
@@ -354,6 +395,12 @@ class RuleExtractor:
                     if not _has_digit(m.group("value")) or len(m.group("value").rstrip("-/.")) < 3:
                         continue
                     identifier_spans.append((start, end))
+                    if m.group("denied") or _negated(sentence, start):  # "is not P-11111, it is P-22222"
+                        fix = _correction(sentence, end, _IDENT_TOKEN)  # the correction, if any
+                        if fix is None or not _has_digit(sentence[fix[0]:fix[1]]):
+                            continue
+                        start, end = fix
+                        identifier_spans.append(fix)
                     value = sentence[start:end].rstrip("-/.")
                     noun = m.group(1).lower()
                     mine = other is not None and _nearest_possessive(sentence, m.start()) in ("my", "our")
@@ -388,6 +435,11 @@ class RuleExtractor:
             for sentence in sentences:
                 for m in _YOUR_X_IS_Y.finditer(sentence):
                     start, end = m.span(2)
+                    if _negated(sentence, start):  # "isn't Marcus Lee, it's Laura Becker": the correction, if any
+                        fix = _correction(sentence, end, _NAME)
+                        if fix is None:
+                            continue
+                        start, end = fix
                     if not _stated(sentence, start, end, own=False):
                         continue  # the agent asking the user ("can you confirm your adjuster is ...?")
                     what = m.group(1).lower()
@@ -410,7 +462,13 @@ class RuleExtractor:
                     attribute = "email"
                 elif what.lower() in ("phone", "phone number", "mobile", "mobile number", "cell", "number"):
                     attribute = "phone"
-                value = _CLAUSE_TAIL.split(m.group(2), 1)[0]
+                value = m.group(3)
+                if m.group(2):  # "is not 4 Oak Street, it is 5 Elm Road": only the correction is stated
+                    fix = _CORRECTION.search(value)
+                    if fix is None:
+                        continue
+                    value = value[fix.end():]
+                value = _CLAUSE_TAIL.split(value, 1)[0]
                 if any(v.casefold() in value.casefold() for v in values):
                     continue  # the identifier or contact rule already has it, exactly
                 if re.match(rf"(?i:{_RELATION})\b", what):
@@ -420,7 +478,8 @@ class RuleExtractor:
                 add(attribute, value, f"The user's {what.lower()} is {{}}.", "statement", 0.85, subject)
             for pattern, attribute, template in _I_VERB:
                 for m in pattern.finditer(sentence):
-                    add(attribute, m.group(1), template, "statement", 0.8, subject)
+                    if not _negated(sentence, m.start()):  # not "please don't call me Rob"
+                        add(attribute, m.group(1), template, "statement", 0.8, subject)
             for m in _PREFER.finditer(sentence):
                 what = m.group(1)
                 add(_preference_attribute(what), what, "The user prefers {}.", "preference", 0.8, subject)
@@ -439,6 +498,8 @@ class RuleExtractor:
                 what = _clean(m.group(1))
                 if not what or _PRONOUN_SUBJECT.match(what) or len(what.split()) > 14:
                     continue
+                if _NEGATED.search(what) or re.match(r"(?i:not)\b", what):
+                    break  # "restarting the router never worked": no resolution
                 add("resolution:" + slug(what, words=5), what, "What worked before: {}.", "resolution", 0.75, subject)
                 break
             dates = _DATE.findall(sentence)
