@@ -307,3 +307,14 @@ async def test_a_config_dumped_to_json_is_refused_at_load_time_with_how_to_pass_
         AssistantAgent.load_component(json.loads(agent.dump_component().model_dump_json()))
 
 
+async def test_correcting_a_superseded_fact_leaves_exactly_one_current_value(store: amber.Store) -> None:
+    await seed(store)
+    memory = AmberMemory(store, amber.SessionKey("acme", "u-42", "today"))
+    [first] = await store.list_facts("acme", "u-42", attribute="claim_number")
+    second = await memory.correct(first.id, "C-7789")
+    third = await memory.correct(first.id, "C-7790")  # the agent corrects what it recalled earlier
+    history = await store.list_facts("acme", "u-42", attribute="claim_number", include_superseded=True)
+    assert [(f.id, f.current) for f in history] == [(third.id, True), (second.id, False), (first.id, False)]
+    assert third.value == "C-7790" and third.metadata["corrects"] == first.id
+
+

@@ -355,19 +355,24 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
                                 [VectorItem("fact", fact.id, tuple(vector))])
 
     async def correct(self, fact_id: str, value: str, *, text: str | None = None) -> Fact:
-        """Record a correction: a new fact with ``value`` supersedes ``fact_id`` (kept in history)."""
+        """Record a correction: a new fact with ``value`` becomes the one current value of
+        ``fact_id``'s attribute. It supersedes whatever is current now -- ``fact_id`` itself, or,
+        when ``fact_id`` was already superseded (a value recalled earlier), the fact that replaced
+        it. Every earlier version stays in history."""
         store = await self.store()
-        old = await store.get_fact(self._key.tenant, self._key.user, fact_id)
+        tenant, user = self._key.tenant, self._key.user
+        old = await store.get_fact(tenant, user, fact_id)
         if old is None:
             raise NotFound(f"no fact {fact_id!r} for this user")
         if text is None:
             text = old.text.replace(old.value, value) if old.value and old.value in old.text else value
+        current = [f.id for f in await store.list_facts(tenant, user, attribute=old.attribute) if f.current]
         fact = await store.record_fact(
-            self._key.tenant, self._key.user,
+            tenant, user,
             NewFact(attribute=old.attribute, value=value, text=text, kind=old.kind,
                     source_message_ids=old.source_message_ids, thread=old.thread,
                     metadata={**old.metadata, "corrects": old.id}),
-            supersedes=[old.id] if old.current else [],
+            supersedes=current,
         )
         await self._embed_fact(store, fact)
         return fact
