@@ -437,16 +437,21 @@ class EncryptedStore(DelegatingStore):
         return replace(blob, data=c.open_json(blob.data, (key.tenant, key.user, key.thread, "state", name)))
 
     # -- facts ------------------------------------------------------------------------------------
-    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()) -> Fact:
+    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+                          expect_current: Sequence[str] | None = None) -> Fact:
         if not self.config.encrypts(tenant):
-            return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes)
+            return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes,
+                                                 expect_current=expect_current)
         validate_part("tenant", tenant)
         validate_part("user", user)
         prepare_fact(fact, self.limits)
         c = await self._cipher(tenant, write=True)
         assert c is not None
         sealed = self._seal_fact(c, tenant, user, fact)
-        return self._open_fact(c, await self._inner.record_fact(tenant, user, sealed, supersedes=supersedes))
+        # The attribute is blinded deterministically, so the store below compares the same set of
+        # current facts that list_facts(attribute=...) showed the caller.
+        return self._open_fact(c, await self._inner.record_fact(tenant, user, sealed, supersedes=supersedes,
+                                                                expect_current=expect_current))
 
     def _open_fact(self, c: _Cipher | None, f: Fact) -> Fact:
         text, value = _sealed_part(f.text), _sealed_part(f.value)

@@ -368,10 +368,11 @@ class RedactingStore(DelegatingStore):
             metadata=r.redact_json(fact.metadata, tenant) if isinstance(fact.metadata, Mapping) else fact.metadata,
         )
 
-    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()) -> Fact:
+    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+                          expect_current: Sequence[str] | None = None) -> Fact:
         if isinstance(fact, NewFact):
             fact = self._fact(tenant, fact)
-        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes)
+        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current)
 
     async def correct_message(
         self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None

@@ -11,6 +11,8 @@ Semantics every backend honours:
 * Search scores are similarities in [0, 1], higher is better; ties keep a stable order.
 * ``close()`` releases resources and never deletes data. Deletion is explicit and audited.
 * Facts are never overwritten: recording a fact that supersedes others sets their ``valid_to``.
+  ``record_fact(expect_current=...)`` is a compare-and-set on the current facts of an attribute,
+  checked inside the write's own transaction, so concurrent learners cannot both add a value.
 * Every write records an audit entry (ids and hashes, never content) in the same transaction;
   every read is audited asynchronously in batches; entries are hash-chained per tenant.
 * ``restore_session`` / ``restore_facts`` write records with their given identity (ids, seq,
@@ -35,7 +37,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import Conflict, InvalidInput, MessageTooLarge
+from ..errors import Conflict, InvalidInput, MessageTooLarge, VersionConflict
 from ..keys import SessionKey, validate_part
 from ..records import (
     ROLES,
@@ -79,6 +81,8 @@ __all__ = [
     "CORRECTION_KEYS",
     "stale_sources",
     "validate_fact_ids",
+    "validate_expect_current",
+    "check_current_facts",
     "SUPERSEDED_HISTORY",
 ]
 
@@ -507,6 +511,33 @@ def validate_fact_ids(fact_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(fact_ids))
 
 
+def validate_expect_current(expect_current: Sequence[str] | None) -> frozenset[str] | None:
+    """The fact ids ``record_fact(expect_current=...)`` expects to be current, as a set (None: no
+    expectation); InvalidInput unless a sequence of strings."""
+    if expect_current is None:
+        return None
+    if isinstance(expect_current, (str, bytes)):
+        raise InvalidInput("expect_current must be a sequence of fact ids, not a string")
+    ids = tuple(expect_current)
+    if any(not isinstance(i, str) for i in ids):
+        raise InvalidInput("expect_current must be a sequence of fact ids")
+    return frozenset(ids)
+
+
+def check_current_facts(expected: frozenset[str] | None, current: Iterable[str]) -> None:
+    """The compare of ``record_fact``'s compare-and-set: VersionConflict unless the ids of the
+    attribute's current facts, read inside the write's transaction, are exactly ``expected``."""
+    if expected is None:
+        return
+    found = set(current)
+    if found != expected:
+        # Counts and ids only: an attribute may be a blinded or personal name, never put in errors.
+        raise VersionConflict(
+            f"the current facts of this attribute changed since they were read ({len(expected)} expected, "
+            f"{len(found)} found, {len(found ^ expected)} differ): read them again and retry",
+            expected=None, actual=None)
+
+
 def superseded_query_ids(tenant: str, user: str, fact_ids: Sequence[str], history: int) -> list[str]:
     """Validate the arguments of :meth:`Store.superseded_sources`; the fact ids to look at, each
     once (none when ``history`` is 0: no history, nothing stale)."""
@@ -682,10 +713,18 @@ class Store(ABC):
     # -- facts -----------------------------------------------------------------------------------
     @abstractmethod
     async def record_fact(
-        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()
+        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+        expect_current: Sequence[str] | None = None,
     ) -> Fact:
         """Insert a fact; in the same transaction close (valid_to = new valid_from) the facts it
-        supersedes, which must belong to the same tenant and user and still be current."""
+        supersedes, which must belong to the same tenant and user and still be current (else
+        VersionConflict; InvalidInput for an unknown id).
+
+        ``expect_current`` makes the write a compare-and-set, like ``put_state(expected_version=)``:
+        it happens only if, inside its own transaction, the ids of the user's current facts with
+        ``fact.attribute`` are exactly that set (``()``: none); otherwise VersionConflict and nothing
+        is written. A learner passes the ids it read, so two learners that both saw no current value
+        cannot both record one. Checked after ``supersedes``, before the erased-sources refusal."""
 
     @abstractmethod
     async def list_facts(

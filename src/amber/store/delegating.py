@@ -136,8 +136,9 @@ class DelegatingStore(Store):
         return await self._inner.prune(tenant, before=before)
 
     # -- facts -----------------------------------------------------------------------------------
-    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()) -> Fact:
-        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes)
+    async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+                          expect_current: Sequence[str] | None = None) -> Fact:
+        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current)
 
     async def list_facts(self, tenant: str, user: str, *, attribute: str | None = None,
                          include_superseded: bool = False, limit: int | None = None) -> list[Fact]:

@@ -37,6 +37,7 @@ from .base import (
     Capability,
     Store,
     StoreLimits,
+    check_current_facts,
     decode_json,
     digest,
     encode_json,
@@ -48,6 +49,7 @@ from .base import (
     prepare_restored_facts,
     restore_conflict,
     select_window,
+    validate_expect_current,
     validate_limit,
     validate_state_name,
 )
@@ -570,11 +572,13 @@ class MemoryStore(AuditedReads, Store):
 
     # -- facts -------------------------------------------------------------------------------------
     async def record_fact(
-        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()
+        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+        expect_current: Sequence[str] | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
         prepare_fact(fact, self.limits)
+        expected = validate_expect_current(expect_current)
         now = utcnow()
         valid_from = fact.valid_from or now
         new = Fact(
@@ -593,6 +597,9 @@ class MemoryStore(AuditedReads, Store):
                 if f.valid_to is not None:
                     raise VersionConflict(f"fact {fid} is already superseded", expected=None, actual=None)
                 old.append(f)
+            check_current_facts(expected, (
+                f.id for f in d.facts.values()
+                if f.tenant == tenant and f.user == user and f.attribute == fact.attribute and f.valid_to is None))
             # After the supersedes checks, as in SQLite and PostgreSQL: the same call, the same error.
             self._refuse_erased_sources(tenant, user, fact, supersedes)
             for f in old:

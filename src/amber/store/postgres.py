@@ -77,6 +77,7 @@ from .base import (
     PreparedMessage,
     Store,
     StoreLimits,
+    check_current_facts,
     decode_json,
     digest,
     encode_json,
@@ -90,6 +91,7 @@ from .base import (
     superseded_query_ids,
     restore_conflict,
     select_window,
+    validate_expect_current,
     validate_limit,
     validate_state_name,
 )
@@ -652,6 +654,14 @@ class PostgresStore(AuditedReads, Store):
         runs after it and sees the erasure receipt: nothing erased comes back."""
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         await conn.execute(f"SELECT {fn}(hashtextextended(%s, 0))", (f"amber:user:{self.schema}:{tenant}/{user}",))
+
+    async def _attribute_lock(self, conn: Any, tenant: str, user: str, attribute: str) -> None:
+        """Serialise the compare-and-set writes of one user's attribute (``record_fact`` with
+        ``expect_current``) until commit: check-then-insert is racy under READ COMMITTED, and
+        there is no row to lock when the attribute has no current fact yet. Taken after the
+        user's lock, always in that order."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"amber:fact-attribute:{self.schema}:{tenant}/{user}\x1f{attribute}",))
 
     async def _receipt(self, conn: Any, tenant: str, operation: str, user: str, thread: str | None,
                        ids: Sequence[str]) -> None:
@@ -1285,7 +1295,8 @@ class PostgresStore(AuditedReads, Store):
 
     # -- facts -------------------------------------------------------------------------------------
     async def record_fact(
-        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()
+        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+        expect_current: Sequence[str] | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
@@ -1293,11 +1304,14 @@ class PostgresStore(AuditedReads, Store):
         if isinstance(supersedes, str):
             raise InvalidInput("supersedes must be a sequence of fact ids, not a string")
         supersedes = list(dict.fromkeys(supersedes))
+        expected = validate_expect_current(expect_current)
         sources = [str(s) for s in fact.source_message_ids]
         metadata = encode_json(dict(fact.metadata), "metadata")
         fid = new_id("fact")
         async with self._tx() as conn:
             await self._user_lock(conn, tenant, user, exclusive=False)
+            if expected is not None:
+                await self._attribute_lock(conn, tenant, user, fact.attribute)
             old: list[tuple[str, datetime]] = []
             inherited: set[str] = set()
             if supersedes:
@@ -1315,6 +1329,13 @@ class PostgresStore(AuditedReads, Store):
                     if row[2] is not None:
                         raise VersionConflict(f"fact {sid} is already superseded", expected=None, actual=None)
                     old.append((sid, row[1]))
+            if expected is not None:
+                # Under the attribute's lock and READ COMMITTED, this statement's snapshot holds every
+                # fact the lock's previous holders committed: no other compare-and-set slips in between.
+                cur = await conn.execute(self._sql(
+                    "SELECT id FROM {s}.facts WHERE tenant_id = %s AND user_id = %s AND attribute = %s "
+                    "AND valid_to IS NULL"), (tenant, user, fact.attribute))
+                check_current_facts(expected, (r[0] for r in await cur.fetchall()))
             fresh = [src for src in sources if src not in inherited]
             if fresh:
                 # A source message that exists now (restored with its id) is not erased any more.

@@ -73,6 +73,7 @@ from .base import (
     PreparedMessage,
     Store,
     StoreLimits,
+    check_current_facts,
     decode_json,
     digest,
     encode_json,
@@ -85,6 +86,7 @@ from .base import (
     stale_sources,
     superseded_query_ids,
     restore_conflict,
+    validate_expect_current,
     validate_limit,
     validate_state_name,
 )
@@ -1246,13 +1248,15 @@ class SQLiteStore(AuditedReads, Store):
         )
 
     async def record_fact(
-        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = ()
+        self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
+        expect_current: Sequence[str] | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
         prepare_fact(fact, self.limits)
         if isinstance(supersedes, str):
             raise InvalidInput("supersedes must be a sequence of fact ids, not a string")
+        expected = validate_expect_current(expect_current)
         metadata = encode_json(dict(fact.metadata), "metadata")
         sources = encode_json(list(fact.source_message_ids), "source_message_ids")
         actor = current_actor()
@@ -1274,6 +1278,12 @@ class SQLiteStore(AuditedReads, Store):
                     raise VersionConflict(f"fact {fid} is already superseded", expected=None, actual=None)
                 old.append((fid, row[1]))
                 inherited.update(json.loads(row[2]))
+            if expected is not None:
+                # Inside the write transaction (BEGIN IMMEDIATE: one writer across processes), so
+                # no other write can add or close a fact of the attribute between check and insert.
+                check_current_facts(expected, (r[0] for r in conn.execute(
+                    "SELECT id FROM facts WHERE tenant_id = ? AND user_id = ? AND attribute = ? AND valid_to IS NULL",
+                    (tenant, user, fact.attribute))))
             fresh = sorted({str(x) for x in fact.source_message_ids} - inherited)
             if fresh and not _any_live(conn, tenant, user, fresh) and _all_erased(conn, tenant, user, fresh):
                 # A fact learned only from erased messages must not come back (a late learning job).

@@ -368,6 +368,68 @@ class StoreConformance:
             await store.record_fact(tenant, "u", erased_source)
         assert await store.list_facts(tenant, "u", include_superseded=True) == []
 
+    async def test_fact_compare_and_set_mismatch_raises_and_writes_nothing(self, store: Store, key: SessionKey) -> None:
+        t, u = key.tenant, key.user
+        email = NewFact("email", "bob@example.com", "email bob@example.com")
+        first = await store.record_fact(t, u, email, expect_current=())
+        await store.record_fact(t, "someone-else", email)  # another user's and another attribute's
+        await store.record_fact(t, u, NewFact("phone", "555-0100", "phone 555-0100"))  # facts do not count
+        audited = len(await store.list_audit(t, operation="fact.record"))
+        for expected in ((), ("fact_unknown",), (first.id, "fact_unknown")):
+            with pytest.raises(VersionConflict):
+                await store.record_fact(t, u, email, expect_current=expected)
+            with pytest.raises(VersionConflict):  # also when superseding what is current
+                await store.record_fact(t, u, email, supersedes=[first.id], expect_current=expected)
+        assert [f.id for f in await store.list_facts(t, u, attribute="email", include_superseded=True)] == [first.id]
+        assert len(await store.list_audit(t, operation="fact.record")) == audited
+        with pytest.raises(InvalidInput):
+            await store.record_fact(t, u, email, expect_current=first.id)  # a string is not a set of ids
+        second = await store.record_fact(t, u, NewFact("email", "bob@work.com", "email bob@work.com"),
+                                         expect_current=[first.id])  # both current, as expected
+        newest = await store.record_fact(t, u, NewFact("email", "b@new.io", "email b@new.io"),
+                                         supersedes=[first.id, second.id], expect_current=(second.id, first.id))
+        assert [f.id for f in await store.list_facts(t, u, attribute="email")] == [newest.id]
+        # superseded facts are not current: only the newest one is expected now
+        with pytest.raises(VersionConflict):
+            await store.record_fact(t, u, email, expect_current=[first.id, second.id, newest.id])
+
+    async def test_concurrent_fact_compare_and_set_exactly_one_wins(self, store: Store, key: SessionKey) -> None:
+        async def attempt(i: int) -> bool:
+            try:
+                await store.record_fact(key.tenant, key.user, NewFact(
+                    "email", "bob@example.com", f"email bob@example.com ({i})"), expect_current=())
+                return True
+            except VersionConflict:
+                return False
+
+        results = await asyncio.gather(*(attempt(i) for i in range(8)))
+        assert sum(results) == 1
+        assert len(await store.list_facts(key.tenant, key.user, attribute="email", include_superseded=True)) == 1
+
+    async def test_fact_compare_and_set_exactly_one_wins_across_handles(
+        self, open_handle: OpenHandle, tenant: str
+    ) -> None:
+        """Separate handles (separate connections, writer threads, pools) racing: the check holds
+        inside each write's transaction, not only within one handle."""
+        handles = [await open_handle() for _ in range(3)]
+        try:
+            async def attempt(s: Store, user: str, i: int) -> bool:
+                try:
+                    await s.record_fact(tenant, user, NewFact(
+                        "email", "bob@example.com", f"email bob@example.com ({i})"), expect_current=())
+                    return True
+                except VersionConflict:
+                    return False
+
+            for race in range(3):  # several races, each over a fresh attribute
+                user = f"u-{race}"
+                results = await asyncio.gather(*(attempt(handles[i % 3], user, i) for i in range(9)))
+                assert sum(results) == 1, f"race {race}: {sum(results)} writers won"
+                assert len(await handles[race].list_facts(tenant, user, include_superseded=True)) == 1
+        finally:
+            for s in handles:
+                await s.close()
+
     # -- search ------------------------------------------------------------------------------------
     async def test_lexical_scores_in_unit_range_and_ranked(self, store: Store, key: SessionKey) -> None:
         await store.append(key, [
