@@ -10,11 +10,19 @@ For each candidate, against the user's facts with the same attribute:
   valid_to and stays in history);
 * another value, stated *before* the current one (a job that was retried late) -> kept out, counted
   as ``stale``: an older statement never replaces a newer one.
+
+Every write is a compare-and-set on what was read (``record_fact(expect_current=...)``): two learners
+(``amber worker`` and an in-process one, or two processes) that read the same attribute at once
+cannot both add a value. The loser gets VersionConflict, reads the attribute again and decides anew
+(usually: merge into what the winner recorded), up to ``ATTEMPTS`` times; after that the conflict
+goes to the learner, which retries the job later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import random
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,7 +32,11 @@ from ..records import Fact, Message, NewFact
 from ..store.base import Store
 from .extract import Candidate
 
-__all__ = ["ConsolidationStats", "consolidate", "same_value"]
+__all__ = ["ConsolidationStats", "consolidate", "same_value", "ATTEMPTS"]
+
+# Reads and writes per candidate before a conflict is left to the job's retry. Each conflict means
+# another learner's write to the attribute committed, so a few attempts suffice even when contended.
+ATTEMPTS = 5
 
 _NORM = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -50,6 +62,7 @@ class ConsolidationStats:
     superseded: int = 0
     replayed: int = 0
     stale: int = 0
+    conflicts: int = 0  # writes that lost a compare-and-set to another learner and were decided again
 
 
 async def consolidate(
@@ -59,14 +72,17 @@ async def consolidate(
     versions and, for a re-run, the ones recorded the first time) so the caller can embed them."""
     out: list[Fact] = []
     for cand in candidates:
-        for _attempt in range(3):
+        for attempt in range(1, ATTEMPTS + 1):
             try:
                 fact = await _one(store, message, cand, stats)
                 break
             except VersionConflict:
-                continue  # another learner superseded the same fact at the same moment: re-read
-        else:
-            fact = await _one(store, message, cand, stats)
+                # Another learner changed the attribute's current facts since we read them.
+                stats.conflicts += 1
+                if attempt == ATTEMPTS:
+                    raise
+                # A short random pause, so learners that keep colliding on one attribute fall apart.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         if fact is not None:
             out.append(fact)
     return out
@@ -92,7 +108,7 @@ async def _one(store: Store, message: Message, cand: Candidate, stats: Consolida
                 confidence=max(old.confidence, cand.confidence), valid_from=old.valid_from,
                 metadata={**old.metadata, "merged": int(old.metadata.get("merged", 0)) + 1},
             ),
-            supersedes=[old.id],
+            supersedes=[old.id], expect_current=[f.id for f in current],
         )
         stats.merged += 1
         return merged
@@ -106,7 +122,7 @@ async def _one(store: Store, message: Message, cand: Candidate, stats: Consolida
             source_message_ids=(message.id,), thread=message.key.thread, confidence=cand.confidence,
             valid_from=message.created_at, metadata=dict(cand.metadata),
         ),
-        supersedes=[f.id for f in current],
+        supersedes=[f.id for f in current], expect_current=[f.id for f in current],
     )
     stats.created += 1
     stats.superseded += len(current)
