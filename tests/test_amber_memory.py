@@ -318,3 +318,65 @@ async def test_correcting_a_superseded_fact_leaves_exactly_one_current_value(sto
     assert third.value == "C-7790" and third.metadata["corrects"] == first.id
 
 
+class CrashingExtractor:
+    """An extractor bug the learner's own guard does not survive: an exception that cannot be printed."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("extractor bug")
+
+    async def extract(self, message: Any, context: Any) -> list[Any]:
+        raise self.Unprintable()
+
+
+async def wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if await condition():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_learn_true_learns_in_an_agent_that_never_starts_the_memory(store: amber.Store) -> None:
+    key = amber.SessionKey("acme", "u-7", "today")
+    memory = AmberMemory(store, key, learn=True)
+    agent = AssistantAgent("support", model_client=RecordingClient(1),
+                           model_context=DurableChatCompletionContext(store, key), memory=[memory])
+    try:
+        await agent.run(task="my order number is O-5150")  # nobody calls start() or `async with`
+
+        async def learned() -> bool:
+            return bool(await store.list_facts("acme", "u-7", attribute="order_number"))
+        assert await wait_for(learned, seconds=5)
+        assert memory.learning
+    finally:
+        await memory.close()
+    assert not memory.learning
+
+
+async def test_a_crashed_learner_is_logged_at_the_next_use_and_close_still_closes_the_store(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key = amber.SessionKey("acme", "u-8", "today")
+    memory = AmberMemory(f"sqlite:///{tmp_path / 'crash.db'}", key, learn=True, extractor=CrashingExtractor())
+    store = await memory.store()
+    await store.append(key, [amber.NewMessage("user", "my order number is O-5150")])
+    await memory.query("order number")  # first use starts the learner, which crashes on the job
+
+    async def crashed(jobs: int) -> Any:
+        async def check() -> bool:  # a crashed learner leaves the job it held leased
+            return (await store.learn_queue_stats("acme"))["leased"] == jobs and not memory.learning
+        return check
+    assert await wait_for(await crashed(1), seconds=5)
+    with caplog.at_level("ERROR", logger="amber.autogen.memory"):
+        await memory.query("order number")  # the next use says so, and starts a fresh learner
+    assert any("acme/u-8/today" in r.getMessage() and "crashed" in r.getMessage() for r in caplog.records)
+    assert memory.learning
+
+    await store.append(key, [amber.NewMessage("user", "my policy number is P-1")])
+    assert await wait_for(await crashed(2), seconds=5)
+    with pytest.raises(RuntimeError, match="extractor bug"):
+        await memory.close()  # the crash is raised, after what the memory opened was closed
+    with pytest.raises(amber.StoreUnavailable):
+        await store.read_since(key)
+
+

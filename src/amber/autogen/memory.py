@@ -37,11 +37,12 @@ deletion each (transcripts stay: use ``store.delete_user`` to erase a user). ``c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from autogen_core import CancellationToken, Component, ComponentModel
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
@@ -57,6 +58,9 @@ from ..records import Fact, Hit, Message, NewFact, VectorItem
 from ..recall import BLOCK_OPEN, Recall, render_block
 from ..store.base import Store
 from .context import store_url_from_config
+
+if TYPE_CHECKING:
+    from ..learn import Learner
 
 __all__ = ["AmberMemory", "AmberMemoryConfig", "hit_metadata"]
 
@@ -118,9 +122,14 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
 
     ``store``: an open :class:`amber.Store` (not closed by this memory) or a store URL (opened on
     first use, closed by :meth:`close`). ``embedder``: an embedder or spec (``"minilm"``); use the
-    same one the learner uses. ``learn=True`` runs an in-process :class:`amber.learn.Learner` while
-    the memory is started (``async with memory:`` or :meth:`start` ... :meth:`close`); otherwise run
-    ``amber worker`` or your own learner. ``extractor``: for that learner (rules by default).
+    same one the learner uses. ``extractor``: for the in-process learner (rules by default).
+
+    ``learn=True`` runs an in-process :class:`amber.learn.Learner` (for the key's tenant), owned by
+    this memory: started on first use -- AssistantAgent and teams loaded from config never call
+    :meth:`start` -- or by :meth:`start` / ``async with``, and stopped by :meth:`close`. If it crashed,
+    the next use logs the crash (naming the session key) and starts a new one. Nothing in AutoGen
+    calls ``Memory.close()``: call it when you are done (or the task is cancelled with the event
+    loop; a batch cut short is re-run, never lost). Without ``learn``, run ``amber worker``.
     """
 
     component_type = "memory"
@@ -167,7 +176,9 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         self._embedder = open_embedder(embedder) if isinstance(embedder, str) else embedder
         self._learn = learn
         self._extractor = extractor
-        self._learner: Any = None
+        self._learner: Learner | None = None
+        self._open_lock = asyncio.Lock()
+        self._learner_lock = asyncio.Lock()
         self._last_block: str | None = None
         self._recall_failures = 0
 
@@ -191,22 +202,52 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         """The block injected by the latest :meth:`update_context` (None if nothing was recalled)."""
         return self._last_block
 
-    async def store(self) -> Store:
-        if self._store is None:
-            from ..store import open_store
+    @property
+    def learning(self) -> bool:
+        """True while this memory's in-process learner (``learn=True``) runs."""
+        return self._learner is not None and self._learner.running
 
-            self._store = await open_store(self._url.get_secret_value())
+    async def store(self) -> Store:
+        """The store; one given as a URL is opened on first use."""
+        if self._store is None:
+            async with self._open_lock:  # two first uses at once open one store
+                if self._store is None:
+                    from ..store import open_store
+
+                    self._store = await open_store(self._url.get_secret_value())
         return self._store
 
     async def start(self) -> None:
-        """Open the store and, with ``learn=True``, start the in-process learner."""
-        store = await self.store()
-        if self._learn and self._learner is None:
-            from ..learn import Learner
+        """Open the store and, with ``learn=True``, start the in-process learner (else first use does)."""
+        await self._ready()
 
-            self._learner = Learner(store, extractor=self._extractor, embedder=self._embedder,
-                                    tenant=self._key.tenant)
-            await self._learner.start()
+    async def _ready(self) -> Store:
+        """The store, with the learner running if ``learn=True``: every use of the memory goes
+        through here, so the learner starts on first use and a crashed one is noticed at the next."""
+        store = await self.store()
+        if self._learn and not self.learning:
+            async with self._learner_lock:
+                if not self.learning:
+                    await self._start_learner(store)
+        return store
+
+    async def _start_learner(self, store: Store) -> None:
+        from ..learn import Learner
+
+        if self._learner is not None:  # started and not stopped by close(): its task ended on its own
+            dead, self._learner = self._learner, None
+            try:
+                await dead.stop()  # re-raises what ended it
+            except (Exception, asyncio.CancelledError) as exc:
+                log.error("the in-process learner of %s crashed (%s: %s); starting a new one",
+                          self._key, type(exc).__name__, exc, exc_info=exc)
+            else:
+                log.warning("the in-process learner of %s had stopped; starting a new one", self._key)
+        else:
+            log.info("starting the in-process learner of %s (learn=True); close() stops it", self._key)
+        self._learner = Learner(store, extractor=self._extractor, embedder=self._embedder,
+                                tenant=self._key.tenant)
+        await self._learner.start()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -216,13 +257,17 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         await self.close()
 
     async def close(self) -> None:
-        """Stop the learner this memory started and close a store it opened. Never deletes."""
-        if self._learner is not None:
-            await self._learner.stop()
-            self._learner = None
-        if self._owns_store and self._store is not None:
-            await self._store.close()
-            self._store = None
+        """Stop the in-process learner and close a store this memory opened -- the store also when
+        stopping the learner raised (what it crashed of is raised after). Never deletes. A later
+        use opens and starts them again."""
+        learner, self._learner = self._learner, None
+        try:
+            if learner is not None:
+                await learner.stop()
+        finally:
+            if self._owns_store and self._store is not None:
+                store, self._store = self._store, None
+                await store.close()
 
     # -- recall ------------------------------------------------------------------------------------
     def _recall(self, store: Store) -> Recall:
@@ -230,7 +275,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
 
     async def _search(self, query: str, *, exclude_texts: Sequence[str] = (), limit: int | None = None,
                       modes: Sequence[str] | None = None, kinds: Sequence[str] | None = None) -> list[Hit]:
-        store = await self.store()
+        store = await self._ready()
         hits = await self._recall(store).search(
             self._key.tenant, self._key.user, query, limit=limit or self._limit,
             modes=modes or self._modes, kinds=kinds or self._kinds, neighbours=self._neighbours,
@@ -327,7 +372,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         meta = dict(content.metadata or {})
         attribute = meta.pop("attribute", None) or "explicit:" + hashlib.sha256(text.encode()).hexdigest()[:16]
         value = str(meta.pop("value", text))
-        store = await self.store()
+        store = await self._ready()
         tenant, user = self._key.tenant, self._key.user
         current = [f for f in await store.list_facts(tenant, user, attribute=attribute) if f.current]
         for f in current:
@@ -359,7 +404,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         ``fact_id``'s attribute. It supersedes whatever is current now -- ``fact_id`` itself, or,
         when ``fact_id`` was already superseded (a value recalled earlier), the fact that replaced
         it. Every earlier version stays in history."""
-        store = await self.store()
+        store = await self._ready()
         tenant, user = self._key.tenant, self._key.user
         old = await store.get_fact(tenant, user, fact_id)
         if old is None:
@@ -379,7 +424,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
 
     async def forget(self, fact_id: str) -> bool:
         """Delete one fact (audited by the store). False if this user has no such fact."""
-        store = await self.store()
+        store = await self._ready()
         return await store.delete_fact(self._key.tenant, self._key.user, fact_id)
 
     async def forget_message(self, message_id: str, *, thread: str | None = None) -> bool:
@@ -387,7 +432,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         (a recalled turn names its thread) -- with its index entries and vectors, and the facts
         learned from it alone. False if that session has no such message. The other messages keep
         their seqs. Audited by the store as ``message.delete``."""
-        store = await self.store()
+        store = await self._ready()
         self._last_block = None  # a cached block may quote it
         return await store.delete_message(self._session(thread), message_id)
 
@@ -397,7 +442,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         """Replace one message's text (same id and seq), e.g. a mistyped policy number; facts
         learned from the old text alone are dropped and the message is learned again. Raises
         :class:`~amber.errors.NotFound` if that session has no such message."""
-        store = await self.store()
+        store = await self._ready()
         self._last_block = None
         return await store.correct_message(self._session(thread), message_id, content, reason=reason)
 
@@ -407,7 +452,7 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
     async def clear(self) -> None:
         """Delete every fact of this user, current and superseded, one audited deletion each.
         Transcripts are not touched."""
-        store = await self.store()
+        store = await self._ready()
         tenant, user = self._key.tenant, self._key.user
         while True:
             facts = await store.list_facts(tenant, user, include_superseded=True, limit=500)
