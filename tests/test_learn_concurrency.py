@@ -120,3 +120,39 @@ async def test_learners_draining_one_queue_merge_every_statement_into_one_fact(
     fact = await _only_current(writer, tenant, "bob", "email")
     assert set(fact.source_message_ids) == stated
     assert all(ln.stats.jobs_dead == 0 for ln in learners)
+
+
+# -- one message, several values of one attribute --------------------------------------------------
+# Not a race, but the same question of what consolidation may write: the replay check that took the
+# second value of a message for a re-run of the first.
+async def _values(store: amber.Store, tenant: str, attribute: str) -> dict[str, tuple[str, ...]]:
+    return {f.value: f.source_message_ids for f in await store.list_facts(tenant, "bob", attribute=attribute)}
+
+
+async def test_two_values_of_one_attribute_in_one_message_are_both_current(
+    open_handle: OpenHandle, tenant: str
+) -> None:
+    store = await open_handle()
+    key = amber.SessionKey(tenant, "bob", "chat")
+    m1, m2, m3, m4 = await store.append(key, [
+        NewMessage(role="user", content=text, created_at=T0 + timedelta(minutes=i)) for i, text in enumerate([
+            "my order is 11111", "order 12345 and order 67890", "order 67890 and order 55555", "my order is 99999"])])
+    learner = Learner(store, tenant=tenant, batch_size=1)
+    assert await learner.run_once(limit=2) == 2  # m1, m2
+    assert await _values(store, tenant, "order_number") == {"12345": (m2.id,), "67890": (m2.id,)}
+    (old,) = [f for f in await store.list_facts(tenant, "bob", include_superseded=True) if f.value == "11111"]
+    assert old.valid_to == m2.created_at  # what the message did not restate is superseded as usual
+    assert (learner.stats.facts.created, learner.stats.facts.superseded, learner.stats.facts.replayed) == (3, 1, 0)
+
+    from amber.learn.consolidate import ConsolidationStats, consolidate
+    from amber.learn.rules import RuleExtractor
+
+    again = ConsolidationStats()  # a re-run of m2's job recognises both values, writes nothing
+    facts = await consolidate(store, m2, RuleExtractor().extract_text(m2.content), again)
+    assert (again.replayed, again.created, again.merged) == (2, 0, 0)
+    assert sorted(f.value for f in facts) == ["12345", "67890"]
+
+    await learner.run_once()  # m3 restates 67890 (merged) beside a new 55555; 12345 is superseded
+    assert await _values(store, tenant, "order_number") == {"67890": (m2.id, m3.id), "55555": (m3.id,)}
+    await learner.run_once()  # one later value replaces the set
+    assert await _values(store, tenant, "order_number") == {"99999": (m4.id,)}

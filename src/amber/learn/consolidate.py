@@ -2,14 +2,21 @@
 
 For each candidate, against the user's facts with the same attribute:
 
-* already learned from this very message (a job re-run after a crash) -> nothing is written;
-* same value as the current fact (exact, or near: case, spacing, punctuation, small typos) -> merge:
+* already learned from this very message, with this value (a job re-run after a crash) -> nothing
+  is written, counted as ``replayed``;
+* same value as a current fact (exact, or near: case, spacing, punctuation, small typos) -> merge:
   a new version with the union of source message ids supersedes it (valid_from kept), so provenance
   grows and nothing is mutated in place;
 * another value, stated after the current one -> the new fact supersedes it (the old one gets
   valid_to and stays in history);
 * another value, stated *before* the current one (a job that was retried late) -> kept out, counted
   as ``stale``: an older statement never replaces a newer one.
+
+One message stating several values of one attribute ("order 12345 and order 67890") states them
+all: they are all current afterwards. A value never supersedes one learned from the same message,
+nor a current value that the message restates (that one is merged instead); what the message does
+not restate is superseded as usual. A later message with one value supersedes them all, as it
+would supersede one: an attribute's current facts are replaced as a set.
 
 Every write is a compare-and-set on what was read (``record_fact(expect_current=...)``): two learners
 (``amber worker`` and an in-process one, or two processes) that read the same attribute at once
@@ -72,9 +79,12 @@ async def consolidate(
     versions and, for a re-run, the ones recorded the first time) so the caller can embed them."""
     out: list[Fact] = []
     for cand in candidates:
+        # The other values this message states for the attribute: the current facts holding them
+        # are merged by those candidates, not superseded by this one.
+        siblings = [c.value for c in candidates if c is not cand and c.attribute == cand.attribute]
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                fact = await _one(store, message, cand, stats)
+                fact = await _one(store, message, cand, siblings, stats)
                 break
             except VersionConflict:
                 # Another learner changed the attribute's current facts since we read them.
@@ -88,10 +98,14 @@ async def consolidate(
     return out
 
 
-async def _one(store: Store, message: Message, cand: Candidate, stats: ConsolidationStats) -> Fact | None:
+async def _one(
+    store: Store, message: Message, cand: Candidate, siblings: Sequence[str], stats: ConsolidationStats
+) -> Fact | None:
     tenant, user = message.key.tenant, message.key.user
     history = await store.list_facts(tenant, user, attribute=cand.attribute, include_superseded=True)
-    done = [f for f in history if message.id in f.source_message_ids]
+    # A replay is this candidate again (same message AND same value), not any earlier candidate of
+    # the message: a second value of the attribute in the same message is new.
+    done = [f for f in history if message.id in f.source_message_ids and same_value(f.value, cand.value)]
     if done:
         stats.replayed += 1
         current = [f for f in done if f.current]
@@ -115,6 +129,9 @@ async def _one(store: Store, message: Message, cand: Candidate, stats: Consolida
     if current and message.created_at < max(f.valid_from for f in current):
         stats.stale += 1
         return None
+    # Values of this message stay current beside this one (it lists them together).
+    replaced = [f for f in current if message.id not in f.source_message_ids
+                and not any(same_value(f.value, v) for v in siblings)]
     fact = await store.record_fact(
         tenant, user,
         NewFact(
@@ -122,8 +139,8 @@ async def _one(store: Store, message: Message, cand: Candidate, stats: Consolida
             source_message_ids=(message.id,), thread=message.key.thread, confidence=cand.confidence,
             valid_from=message.created_at, metadata=dict(cand.metadata),
         ),
-        supersedes=[f.id for f in current], expect_current=[f.id for f in current],
+        supersedes=[f.id for f in replaced], expect_current=[f.id for f in current],
     )
     stats.created += 1
-    stats.superseded += len(current)
+    stats.superseded += len(replaced)
     return fact
