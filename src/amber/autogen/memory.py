@@ -31,8 +31,9 @@ metadata schema (see docs/memory.md)::
 
 ``add`` stores an explicit memory (a fact of kind ``explicit``; metadata ``attribute`` makes a later
 ``add`` with the same attribute supersede it). Single records: ``correct``/``forget`` a fact,
-``correct_message``/``forget_message`` a transcript message. ``clear`` deletes this user's facts, one audited
-deletion each (transcripts stay: use ``store.delete_user`` to erase a user). ``close`` never deletes.
+``correct_message``/``forget_message`` a transcript message. ``clear`` erases everything recall can return
+for the user -- all transcripts and facts, with pending learn jobs and session state -- in one audited
+``store.delete_user``. ``close`` never deletes.
 """
 
 from __future__ import annotations
@@ -450,16 +451,15 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         return self._key if thread is None else SessionKey(self._key.tenant, self._key.user, thread)
 
     async def clear(self) -> None:
-        """Delete every fact of this user, current and superseded, one audited deletion each.
-        Transcripts are not touched."""
+        """Erase this user's memory: everything recall can return for ``key.tenant``/``key.user``
+        -- every thread's transcript (turns are recalled) and every fact, current or superseded --
+        with their vectors, pending learn jobs (or they would learn the facts again) and the
+        sessions' state blobs (a window start or a team's state refers to the erased turns). One
+        audited erasure, ``store.delete_user`` (receipt ``user.delete``); a late learn job cannot
+        bring a fact back. Other users are untouched. Not a reset: ``team.reset()`` clears the model
+        context, never this. To drop single records use :meth:`forget` / :meth:`forget_message`."""
         store = await self._ready()
-        tenant, user = self._key.tenant, self._key.user
-        while True:
-            facts = await store.list_facts(tenant, user, include_superseded=True, limit=500)
-            if not facts:
-                break
-            for f in facts:
-                await store.delete_fact(tenant, user, f.id)
+        await store.delete_user(self._key.tenant, self._key.user)
         self._last_block = None
 
     # -- component config --------------------------------------------------------------------------
