@@ -156,3 +156,33 @@ async def test_two_values_of_one_attribute_in_one_message_are_both_current(
     assert await _values(store, tenant, "order_number") == {"67890": (m2.id, m3.id), "55555": (m3.id,)}
     await learner.run_once()  # one later value replaces the set
     assert await _values(store, tenant, "order_number") == {"99999": (m4.id,)}
+
+
+# -- a statement learned late -------------------------------------------------------------------------
+async def test_an_older_value_learned_late_enters_history_already_superseded(
+    open_handle: OpenHandle, tenant: str
+) -> None:
+    from amber.learn.consolidate import ConsolidationStats, consolidate
+    from amber.learn.rules import RuleExtractor
+
+    store = await open_handle()
+    key = amber.SessionKey(tenant, "bob", "chat")
+    first, second = await store.append(key, [
+        NewMessage(role="user", content="my city is Leeds", created_at=T0),
+        NewMessage(role="user", content="my city is York", created_at=T0 + timedelta(minutes=5))])
+    for job in await store.claim_learn_jobs(limit=10, tenant=tenant):  # Leeds' job fails, York's is learned
+        await store.fail_learn_job(job.id, "simulated outage", retry_in=0.0)
+    (york,) = await consolidate(store, second, RuleExtractor().extract_text(second.content), ConsolidationStats())
+    learner = Learner(store, tenant=tenant)
+    await learner.drain()  # the retried Leeds job arrives late
+    assert learner.stats.facts.stale == 1
+    assert await store.list_facts(tenant, "bob", attribute="city") == [york]  # the current fact is untouched
+    (leeds,) = [f for f in await store.list_facts(tenant, "bob", attribute="city", include_superseded=True)
+                if f.value == "Leeds"]
+    assert (leeds.valid_from, leeds.valid_to, leeds.superseded_by) == (first.created_at, york.valid_from, york.id)
+    assert leeds.source_message_ids == (first.id,)
+    assert await store.superseded_sources(tenant, "bob", [york.id]) == {first.id}  # recall marks the turn outdated
+    again = ConsolidationStats()  # a re-run of the late job recognises it
+    assert await consolidate(store, first, RuleExtractor().extract_text(first.content), again) == []
+    assert (again.replayed, again.stale) == (1, 0)
+    assert len(await store.list_facts(tenant, "bob", include_superseded=True)) == 2

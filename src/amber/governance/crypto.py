@@ -438,10 +438,10 @@ class EncryptedStore(DelegatingStore):
 
     # -- facts ------------------------------------------------------------------------------------
     async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-                          expect_current: Sequence[str] | None = None) -> Fact:
+                          expect_current: Sequence[str] | None = None, superseded_by: str | None = None) -> Fact:
         if not self.config.encrypts(tenant):
             return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes,
-                                                 expect_current=expect_current)
+                                                 expect_current=expect_current, superseded_by=superseded_by)
         validate_part("tenant", tenant)
         validate_part("user", user)
         prepare_fact(fact, self.limits)
@@ -451,7 +451,8 @@ class EncryptedStore(DelegatingStore):
         # The attribute is blinded deterministically, so the store below compares the same set of
         # current facts that list_facts(attribute=...) showed the caller.
         return self._open_fact(c, await self._inner.record_fact(tenant, user, sealed, supersedes=supersedes,
-                                                                expect_current=expect_current))
+                                                                expect_current=expect_current,
+                                                                superseded_by=superseded_by))
 
     def _open_fact(self, c: _Cipher | None, f: Fact) -> Fact:
         text, value = _sealed_part(f.text), _sealed_part(f.value)

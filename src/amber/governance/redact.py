@@ -369,10 +369,11 @@ class RedactingStore(DelegatingStore):
         )
 
     async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-                          expect_current: Sequence[str] | None = None) -> Fact:
+                          expect_current: Sequence[str] | None = None, superseded_by: str | None = None) -> Fact:
         if isinstance(fact, NewFact):
             fact = self._fact(tenant, fact)
-        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current)
+        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current,
+                                             superseded_by=superseded_by)
 
     async def correct_message(
         self, key: SessionKey, message_id: str, content: str, *, reason: str | None = None

@@ -9,8 +9,12 @@ For each candidate, against the user's facts with the same attribute:
   grows and nothing is mutated in place;
 * another value, stated after the current one -> the new fact supersedes it (the old one gets
   valid_to and stays in history);
-* another value, stated *before* the current one (a job that was retried late) -> kept out, counted
-  as ``stale``: an older statement never replaces a newer one.
+* another value, stated *before* the current one (a job that was retried late) -> recorded as
+  history only, counted as ``stale``: an older statement never replaces a newer one, but it was
+  true for a while, so it enters the history already superseded (``valid_from`` its message's
+  time, ``valid_to`` and ``superseded_by`` from the statement that came next) and the current
+  facts are untouched. Facts are never rewritten, so the fact before it keeps its own
+  ``valid_to``: the two periods overlap.
 
 One message stating several values of one attribute ("order 12345 and order 67890") states them
 all: they are all current afterwards. A value never supersedes one learned from the same message,
@@ -127,20 +131,35 @@ async def _one(
         stats.merged += 1
         return merged
     if current and message.created_at < max(f.valid_from for f in current):
+        later = [f for f in history if f.valid_from > message.created_at]
+        await store.record_fact(
+            tenant, user, _new_fact(message, cand),
+            superseded_by=_next_statement(later).id, expect_current=[f.id for f in current],
+        )
         stats.stale += 1
-        return None
+        return None  # history: not embedded, recall finds what is current
     # Values of this message stay current beside this one (it lists them together).
     replaced = [f for f in current if message.id not in f.source_message_ids
                 and not any(same_value(f.value, v) for v in siblings)]
     fact = await store.record_fact(
-        tenant, user,
-        NewFact(
-            attribute=cand.attribute, value=cand.value, text=cand.text, kind=cand.kind,
-            source_message_ids=(message.id,), thread=message.key.thread, confidence=cand.confidence,
-            valid_from=message.created_at, metadata=dict(cand.metadata),
-        ),
+        tenant, user, _new_fact(message, cand),
         supersedes=[f.id for f in replaced], expect_current=[f.id for f in current],
     )
     stats.created += 1
     stats.superseded += len(replaced)
     return fact
+
+
+def _new_fact(message: Message, cand: Candidate) -> NewFact:
+    return NewFact(
+        attribute=cand.attribute, value=cand.value, text=cand.text, kind=cand.kind,
+        source_message_ids=(message.id,), thread=message.key.thread, confidence=cand.confidence,
+        valid_from=message.created_at, metadata=dict(cand.metadata),
+    )
+
+
+def _next_statement(later: Sequence[Fact]) -> Fact:
+    """The fact that ended a late statement's period: the earliest later statement, in its newest
+    version (a merge keeps valid_from, so versions of one statement share it)."""
+    start = min(f.valid_from for f in later)
+    return max((f for f in later if f.valid_from == start), key=lambda f: (f.current, f.created_at, f.id))

@@ -12,7 +12,8 @@ Semantics every backend honours:
 * ``close()`` releases resources and never deletes data. Deletion is explicit and audited.
 * Facts are never overwritten: recording a fact that supersedes others sets their ``valid_to``.
   ``record_fact(expect_current=...)`` is a compare-and-set on the current facts of an attribute,
-  checked inside the write's own transaction, so concurrent learners cannot both add a value.
+  checked inside the write's own transaction, so concurrent learners cannot both add a value;
+  ``record_fact(superseded_by=...)`` inserts a statement learned late directly into history.
 * Every write records an audit entry (ids and hashes, never content) in the same transaction;
   every read is audited asynchronously in batches; entries are hash-chained per tenant.
 * ``restore_session`` / ``restore_facts`` write records with their given identity (ids, seq,
@@ -83,6 +84,8 @@ __all__ = [
     "validate_fact_ids",
     "validate_expect_current",
     "check_current_facts",
+    "validate_history_write",
+    "check_superseding_fact",
     "SUPERSEDED_HISTORY",
 ]
 
@@ -538,6 +541,32 @@ def check_current_facts(expected: frozenset[str] | None, current: Iterable[str])
             expected=None, actual=None)
 
 
+def validate_history_write(fact: NewFact, supersedes: Sequence[str], superseded_by: str | None) -> None:
+    """The arguments of ``record_fact(superseded_by=...)``, checked before anything is read: a fact
+    recorded as history needs its own ``valid_from`` and closes no other fact."""
+    if superseded_by is None:
+        return
+    _record_id(superseded_by, "superseded_by")
+    if fact.valid_from is None:
+        raise InvalidInput("a fact recorded as history (superseded_by) needs its valid_from")
+    if isinstance(supersedes, str) or list(supersedes):
+        raise InvalidInput("a fact recorded as history (superseded_by) supersedes no other fact")
+
+
+def check_superseding_fact(superseded_by: str, found: tuple[str, Any] | None, attribute: str, valid_from: Any) -> Any:
+    """The check of ``record_fact(superseded_by=...)`` against the superseding fact as the store
+    read it in the write's transaction (``(attribute, valid_from)``, None if the user has no fact of
+    that id); returns the new fact's ``valid_to``: the superseding fact's ``valid_from``. Times are
+    compared as the backend holds them (datetimes, or integers that order the same)."""
+    if found is None:
+        raise InvalidInput(f"cannot be superseded by unknown fact {superseded_by!r}")
+    if found[0] != attribute:
+        raise InvalidInput(f"fact {superseded_by!r} is of another attribute: it cannot supersede this one")
+    if found[1] < valid_from:
+        raise InvalidInput(f"fact {superseded_by!r} starts before this one: it cannot supersede it")
+    return found[1]
+
+
 def superseded_query_ids(tenant: str, user: str, fact_ids: Sequence[str], history: int) -> list[str]:
     """Validate the arguments of :meth:`Store.superseded_sources`; the fact ids to look at, each
     once (none when ``history`` is 0: no history, nothing stale)."""
@@ -714,7 +743,7 @@ class Store(ABC):
     @abstractmethod
     async def record_fact(
         self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-        expect_current: Sequence[str] | None = None,
+        expect_current: Sequence[str] | None = None, superseded_by: str | None = None,
     ) -> Fact:
         """Insert a fact; in the same transaction close (valid_to = new valid_from) the facts it
         supersedes, which must belong to the same tenant and user and still be current (else
@@ -724,7 +753,13 @@ class Store(ABC):
         it happens only if, inside its own transaction, the ids of the user's current facts with
         ``fact.attribute`` are exactly that set (``()``: none); otherwise VersionConflict and nothing
         is written. A learner passes the ids it read, so two learners that both saw no current value
-        cannot both record one. Checked after ``supersedes``, before the erased-sources refusal."""
+        cannot both record one. Checked after ``supersedes``, before the erased-sources refusal.
+
+        ``superseded_by`` records the fact as history (a statement learned late, after a newer one):
+        it is inserted already closed, ``valid_to`` = that fact's ``valid_from``, ``superseded_by`` =
+        its id, and nothing else changes. That fact must be the user's, of the same attribute, and
+        start no earlier than ``fact.valid_from``, which must be given; ``supersedes`` must be empty
+        (InvalidInput otherwise, nothing written)."""
 
     @abstractmethod
     async def list_facts(

@@ -137,8 +137,9 @@ class DelegatingStore(Store):
 
     # -- facts -----------------------------------------------------------------------------------
     async def record_fact(self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-                          expect_current: Sequence[str] | None = None) -> Fact:
-        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current)
+                          expect_current: Sequence[str] | None = None, superseded_by: str | None = None) -> Fact:
+        return await self._inner.record_fact(tenant, user, fact, supersedes=supersedes, expect_current=expect_current,
+                                             superseded_by=superseded_by)
 
     async def list_facts(self, tenant: str, user: str, *, attribute: str | None = None,
                          include_superseded: bool = False, limit: int | None = None) -> list[Fact]:

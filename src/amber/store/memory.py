@@ -38,6 +38,7 @@ from .base import (
     Store,
     StoreLimits,
     check_current_facts,
+    check_superseding_fact,
     decode_json,
     digest,
     encode_json,
@@ -50,6 +51,7 @@ from .base import (
     restore_conflict,
     select_window,
     validate_expect_current,
+    validate_history_write,
     validate_limit,
     validate_state_name,
 )
@@ -573,12 +575,13 @@ class MemoryStore(AuditedReads, Store):
     # -- facts -------------------------------------------------------------------------------------
     async def record_fact(
         self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-        expect_current: Sequence[str] | None = None,
+        expect_current: Sequence[str] | None = None, superseded_by: str | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
         prepare_fact(fact, self.limits)
         expected = validate_expect_current(expect_current)
+        validate_history_write(fact, supersedes, superseded_by)
         now = utcnow()
         valid_from = fact.valid_from or now
         new = Fact(
@@ -600,6 +603,11 @@ class MemoryStore(AuditedReads, Store):
             check_current_facts(expected, (
                 f.id for f in d.facts.values()
                 if f.tenant == tenant and f.user == user and f.attribute == fact.attribute and f.valid_to is None))
+            if superseded_by is not None:
+                c = d.facts.get(superseded_by)
+                found = (c.attribute, c.valid_from) if c is not None and c.tenant == tenant and c.user == user else None
+                valid_to = check_superseding_fact(superseded_by, found, fact.attribute, new.valid_from)
+                new = replace(new, valid_to=valid_to, superseded_by=superseded_by)
             # After the supersedes checks, as in SQLite and PostgreSQL: the same call, the same error.
             self._refuse_erased_sources(tenant, user, fact, supersedes)
             for f in old:

@@ -78,6 +78,7 @@ from .base import (
     Store,
     StoreLimits,
     check_current_facts,
+    check_superseding_fact,
     decode_json,
     digest,
     encode_json,
@@ -92,6 +93,7 @@ from .base import (
     restore_conflict,
     select_window,
     validate_expect_current,
+    validate_history_write,
     validate_limit,
     validate_state_name,
 )
@@ -1296,7 +1298,7 @@ class PostgresStore(AuditedReads, Store):
     # -- facts -------------------------------------------------------------------------------------
     async def record_fact(
         self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-        expect_current: Sequence[str] | None = None,
+        expect_current: Sequence[str] | None = None, superseded_by: str | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
@@ -1305,6 +1307,7 @@ class PostgresStore(AuditedReads, Store):
             raise InvalidInput("supersedes must be a sequence of fact ids, not a string")
         supersedes = list(dict.fromkeys(supersedes))
         expected = validate_expect_current(expect_current)
+        validate_history_write(fact, supersedes, superseded_by)
         sources = [str(s) for s in fact.source_message_ids]
         metadata = encode_json(dict(fact.metadata), "metadata")
         fid = new_id("fact")
@@ -1336,6 +1339,14 @@ class PostgresStore(AuditedReads, Store):
                     "SELECT id FROM {s}.facts WHERE tenant_id = %s AND user_id = %s AND attribute = %s "
                     "AND valid_to IS NULL"), (tenant, user, fact.attribute))
                 check_current_facts(expected, (r[0] for r in await cur.fetchall()))
+            valid_to = None
+            if superseded_by is not None:
+                cur = await conn.execute(self._sql(
+                    "SELECT attribute, valid_from FROM {s}.facts WHERE tenant_id = %s AND user_id = %s AND id = %s"),
+                    (tenant, user, superseded_by))
+                row = await cur.fetchone()
+                valid_to = check_superseding_fact(superseded_by, None if row is None else (row[0], row[1]),
+                                                  fact.attribute, fact.valid_from)
             fresh = [src for src in sources if src not in inherited]
             if fresh:
                 # A source message that exists now (restored with its id) is not erased any more.
@@ -1355,12 +1366,12 @@ class PostgresStore(AuditedReads, Store):
             cur = await conn.execute(
                 self._sql(
                     f"INSERT INTO {{s}}.facts (tenant_id, user_id, id, attribute, value, text, kind, "
-                    "source_message_ids, thread_id, confidence, valid_from, metadata) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, coalesce(%s, clock_timestamp()), %s) "
+                    "source_message_ids, thread_id, confidence, valid_from, valid_to, superseded_by, metadata) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, coalesce(%s, clock_timestamp()), %s, %s, %s) "
                     f"RETURNING {_FACT_COLS}"
                 ),
                 (tenant, user, fid, fact.attribute, fact.value, fact.text, fact.kind, sources, fact.thread,
-                 float(fact.confidence), fact.valid_from, metadata),
+                 float(fact.confidence), fact.valid_from, valid_to, superseded_by, metadata),
             )
             new = self._fact(await cur.fetchone())
             if old:

@@ -74,6 +74,7 @@ from .base import (
     Store,
     StoreLimits,
     check_current_facts,
+    check_superseding_fact,
     decode_json,
     digest,
     encode_json,
@@ -87,6 +88,7 @@ from .base import (
     superseded_query_ids,
     restore_conflict,
     validate_expect_current,
+    validate_history_write,
     validate_limit,
     validate_state_name,
 )
@@ -1249,7 +1251,7 @@ class SQLiteStore(AuditedReads, Store):
 
     async def record_fact(
         self, tenant: str, user: str, fact: NewFact, *, supersedes: Sequence[str] = (),
-        expect_current: Sequence[str] | None = None,
+        expect_current: Sequence[str] | None = None, superseded_by: str | None = None,
     ) -> Fact:
         validate_part("tenant", tenant)
         validate_part("user", user)
@@ -1257,6 +1259,7 @@ class SQLiteStore(AuditedReads, Store):
         if isinstance(supersedes, str):
             raise InvalidInput("supersedes must be a sequence of fact ids, not a string")
         expected = validate_expect_current(expect_current)
+        validate_history_write(fact, supersedes, superseded_by)
         metadata = encode_json(dict(fact.metadata), "metadata")
         sources = encode_json(list(fact.source_message_ids), "source_message_ids")
         actor = current_actor()
@@ -1284,6 +1287,12 @@ class SQLiteStore(AuditedReads, Store):
                 check_current_facts(expected, (r[0] for r in conn.execute(
                     "SELECT id FROM facts WHERE tenant_id = ? AND user_id = ? AND attribute = ? AND valid_to IS NULL",
                     (tenant, user, fact.attribute))))
+            valid_to = None
+            if superseded_by is not None:
+                row = conn.execute("SELECT attribute, valid_from FROM facts WHERE id = ? AND tenant_id = ? AND user_id = ?",
+                                   (superseded_by, tenant, user)).fetchone()
+                valid_to = check_superseding_fact(superseded_by, None if row is None else (row[0], row[1]),
+                                                  fact.attribute, valid_from)
             fresh = sorted({str(x) for x in fact.source_message_ids} - inherited)
             if fresh and not _any_live(conn, tenant, user, fresh) and _all_erased(conn, tenant, user, fresh):
                 # A fact learned only from erased messages must not come back (a late learning job).
@@ -1295,9 +1304,10 @@ class SQLiteStore(AuditedReads, Store):
                 )
             conn.execute(
                 "INSERT INTO facts (tenant_id, user_id, id, attribute, value, text, kind, source_ids, thread_id,"
-                " confidence, valid_from, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " confidence, valid_from, valid_to, superseded_by, created_at, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tenant, user, fact_id, fact.attribute, fact.value, fact.text, fact.kind, sources, fact.thread,
-                 float(fact.confidence), valid_from, now, metadata),
+                 float(fact.confidence), valid_from, valid_to, superseded_by, now, metadata),
             )
             with_actor(conn, tenant, "fact.record", actor, user=user, thread=fact.thread,
                        record_ids=[fact_id, *[f for f, _ in old]], digests=[digest(fact.text)])

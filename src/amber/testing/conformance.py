@@ -430,6 +430,43 @@ class StoreConformance:
             for s in handles:
                 await s.close()
 
+    async def test_fact_recorded_as_history_is_closed_and_leaves_the_current_fact_alone(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        t, u = key.tenant, key.user
+        t1, t2, t3 = (datetime(2024, 3, 1, h, tzinfo=timezone.utc) for h in (9, 10, 11))
+        (m,) = await store.append(key, [_msg("I lived in Leeds then", created_at=t2)])
+        older = await store.record_fact(t, u, NewFact("city", "Hull", "city Hull", valid_from=t1))
+        newer = await store.record_fact(t, u, NewFact("city", "York", "city York", valid_from=t3), supersedes=[older.id])
+        late = NewFact("city", "Leeds", "city Leeds", source_message_ids=(m.id,), valid_from=t2)
+        audited = len(await store.list_audit(t, operation="fact.record"))
+        bad: list[tuple[NewFact, dict[str, Any]]] = [
+            (late, {"superseded_by": "fact_unknown"}),
+            (late, {"superseded_by": newer.id, "supersedes": [newer.id]}),
+            (replace(late, valid_from=None), {"superseded_by": newer.id}),
+            (replace(late, valid_from=t3 + timedelta(seconds=1)), {"superseded_by": newer.id}),  # starts after it
+            (replace(late, attribute="town"), {"superseded_by": newer.id}),
+        ]
+        for fact, kw in bad:
+            with pytest.raises(InvalidInput):
+                await store.record_fact(t, u, fact, **kw)
+        with pytest.raises(VersionConflict):  # the compare-and-set holds for history too
+            await store.record_fact(t, u, late, superseded_by=newer.id, expect_current=())
+        assert len(await store.list_audit(t, operation="fact.record")) == audited
+        assert len(await store.list_facts(t, u, include_superseded=True)) == 2
+        past = await store.record_fact(t, u, late, superseded_by=newer.id, expect_current=[newer.id])
+        assert (past.valid_from, past.valid_to, past.superseded_by) == (t2, t3, newer.id) and not past.current
+        assert await store.get_fact(t, u, past.id) == past
+        assert await store.get_fact(t, u, newer.id) == newer  # untouched
+        assert [f.id for f in await store.list_facts(t, u)] == [newer.id]
+        assert {f.id for f in await store.list_facts(t, u, include_superseded=True)} == {older.id, newer.id, past.id}
+        assert await store.search_text(t, u, "Leeds", kinds=("fact",)) == []  # history is not searched
+        (entry,) = (await store.list_audit(t, operation="fact.record"))[audited:]
+        assert list(entry.record_ids) == [past.id]
+        # a superseded fact may close it too (the statement that came next may itself be history)
+        between = await store.record_fact(t, u, replace(late, valid_from=t1), superseded_by=older.id)
+        assert (between.valid_to, between.superseded_by) == (t1, older.id)
+
     # -- search ------------------------------------------------------------------------------------
     async def test_lexical_scores_in_unit_range_and_ranked(self, store: Store, key: SessionKey) -> None:
         await store.append(key, [
