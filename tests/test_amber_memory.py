@@ -314,6 +314,18 @@ async def test_correcting_a_superseded_fact_leaves_exactly_one_current_value(sto
     assert third.value == "C-7790" and third.metadata["corrects"] == first.id
 
 
+async def test_correcting_one_of_several_current_values_replaces_only_that_one(store: amber.Store) -> None:
+    memory = AmberMemory(store, amber.SessionKey("acme", "u-42", "today"))
+    orders = [await store.record_fact("acme", "u-42", amber.NewFact(attribute="order_number", value=v,
+                                                                    text=f"The user's order number is {v}."))
+              for v in ("12345", "67890")]  # one message can state several values of an attribute
+    fixed = await memory.correct(orders[0].id, "12346")
+    again = await memory.correct(orders[0].id, "12347")  # corrected again from the stale value
+    current = {f.value for f in await store.list_facts("acme", "u-42", attribute="order_number")}
+    assert current == {"12347", "67890"} and again.metadata["corrects"] == orders[0].id
+    assert (await store.get_fact("acme", "u-42", fixed.id)).superseded_by == again.id  # type: ignore[union-attr]
+
+
 class CrashingExtractor:
     """An extractor bug the learner's own guard does not survive: an exception that cannot be printed."""
 

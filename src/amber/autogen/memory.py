@@ -401,10 +401,11 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
                                 [VectorItem("fact", fact.id, tuple(vector))])
 
     async def correct(self, fact_id: str, value: str, *, text: str | None = None) -> Fact:
-        """Record a correction: a new fact with ``value`` becomes the one current value of
-        ``fact_id``'s attribute. It supersedes whatever is current now -- ``fact_id`` itself, or,
-        when ``fact_id`` was already superseded (a value recalled earlier), the fact that replaced
-        it. Every earlier version stays in history."""
+        """Record a correction: a new fact with ``value`` replaces the value ``fact_id`` holds now --
+        ``fact_id`` itself if current; if it was already superseded (a value recalled earlier), the
+        current fact that replaced it (followed through ``superseded_by``), or, when that trail is
+        gone, the attribute's current facts. Other current values of the attribute (one message can
+        state several) stay. Every earlier version stays in history."""
         store = await self._ready()
         tenant, user = self._key.tenant, self._key.user
         old = await store.get_fact(tenant, user, fact_id)
@@ -412,7 +413,11 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
             raise NotFound(f"no fact {fact_id!r} for this user")
         if text is None:
             text = old.text.replace(old.value, value) if old.value and old.value in old.text else value
-        current = [f.id for f in await store.list_facts(tenant, user, attribute=old.attribute) if f.current]
+        replaced = await self._current_successor(store, old)
+        if replaced is not None:
+            current = [replaced.id]
+        else:  # superseded and its successor deleted: what the attribute holds now is what is corrected
+            current = [f.id for f in await store.list_facts(tenant, user, attribute=old.attribute) if f.current]
         fact = await store.record_fact(
             tenant, user,
             NewFact(attribute=old.attribute, value=value, text=text, kind=old.kind,
@@ -421,6 +426,19 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
             supersedes=current,
         )
         await self._embed_fact(store, fact)
+        return fact
+
+    async def _current_successor(self, store: Store, fact: Fact) -> Fact | None:
+        """``fact`` if current, else the current fact its ``superseded_by`` trail leads to."""
+        seen: set[str] = set()
+        while not fact.current:
+            if fact.superseded_by is None or fact.superseded_by in seen:
+                return None
+            seen.add(fact.id)
+            successor = await store.get_fact(self._key.tenant, self._key.user, fact.superseded_by)
+            if successor is None:
+                return None
+            fact = successor
         return fact
 
     async def forget(self, fact_id: str) -> bool:
