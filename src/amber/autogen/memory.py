@@ -417,7 +417,8 @@ class AmberMemory(Memory, Component[AmberMemoryConfig]):
         if replaced is not None:
             current = [replaced.id]
         else:  # superseded and its successor deleted: what the attribute holds now is what is corrected
-            current = [f.id for f in await store.list_facts(tenant, user, attribute=old.attribute) if f.current]
+            current = [f.id for f in await store.list_facts(tenant, user, attribute=old.attribute)
+                       if f.current]
         fact = await store.record_fact(
             tenant, user,
             NewFact(attribute=old.attribute, value=value, text=text, kind=old.kind,
