@@ -112,3 +112,16 @@ def test_a_negative_preference_never_takes_the_positive_preference_slot() -> Non
     assert averse and not any(a == "preference:contact_channel" for a, _ in averse)
     assert facts("I'd prefer email, not phone calls.") == {("preference:contact_channel", "email, not phone calls")}
     assert not any(a.startswith("resolution:") for a, _ in facts("Restarting the router never worked."))
+
+
+@pytest.mark.parametrize("text, attribute", [
+    ("I want to claim because my phone was cracked on holiday", "about_phone"),
+    ("my phone number is broken", "about_phone"),
+    ("my email is down again", "about_email"),
+])
+def test_a_statement_about_the_phone_or_mailbox_is_not_a_contact_detail(text: str, attribute: str) -> None:
+    """Only a value shaped like a phone number or an e-mail address fills those contact slots; "my phone
+    was cracked" is about the device, kept under its own attribute so it never supersedes the number."""
+    got = facts(text)
+    assert {a for a, _ in got} == {attribute}
+    assert facts("My mobile is +44 7700 900123 now") == {("phone", "+44 7700 900123")}

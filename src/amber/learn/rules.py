@@ -301,6 +301,15 @@ def _has_digit(value: str) -> bool:
     return any(ch.isdigit() for ch in value)
 
 
+def _fits(attribute: str, value: str) -> bool:
+    """Whether ``value`` has the shape the contact ``attribute`` holds (other attributes: any value)."""
+    if attribute == "email":
+        return _EMAIL.search(value) is not None
+    if attribute == "phone":
+        return 7 <= _digits(value) <= 15
+    return True
+
+
 def _digits(value: str) -> int:
     return sum(ch.isdigit() for ch in value)
 
@@ -471,6 +480,10 @@ class RuleExtractor:
                 value = _CLAUSE_TAIL.split(value, 1)[0]
                 if any(v.casefold() in value.casefold() for v in values):
                     continue  # the identifier or contact rule already has it, exactly
+                if not _fits(attribute, value):
+                    # "my phone was cracked on holiday": about the thing, not a contact detail; its own
+                    # attribute, so it never supersedes the phone number.
+                    attribute = f"about_{attribute}"
                 if re.match(rf"(?i:{_RELATION})\b", what):
                     # "my sister Aisha's phone is ...", "my colleague is Aisha": about them, said as such
                     add(attribute, value, f"The user's {what} is {{}}.", "statement", 0.8, subject)
