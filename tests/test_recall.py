@@ -471,3 +471,102 @@ def test_person_names_and_agent_names_are_told_apart_alike_for_learning_and_reca
     for name in ("support", "Support", "Helper Bot", "user_proxy", "USER", "assistant", "", None,
                  "Nora and the Whole Team", "nora"):
         assert not is_person_name(name), name
+
+
+async def test_a_turn_that_only_asks_ranks_below_the_statement_it_asks_about(store: amber.Store) -> None:
+    # Asking again and again shares the most words with a later question on the same subject, yet
+    # states nothing: the one turn that says who the contact is must come first.
+    key = amber.SessionKey("t-ask", "ivy", "s")
+    asks = ["Who is my emergency contact?", "Hi again. Who is my emergency contact? Thanks.",
+            "Morning! Who is my emergency contact now?"]
+    statement = ("Please could you put my sister Aisha Khan down as my emergency contact on the account "
+                 "from today.")
+    filler = [NewMessage("user", f"Routine note {i}: the app logged me out again.") for i in range(12)]
+    await store.append(key, [NewMessage("user", statement)] + [NewMessage("user", t) for t in asks] + filler)
+    query = "Who is my emergency contact?"
+    flat = await Recall(store, question_penalty=1.0).search("t-ask", "ivy", query, kinds=("message",),
+                                                            now=NOW)
+    assert flat[0].text != statement  # shorter questions win on words alone
+    hits = await Recall(store).search("t-ask", "ivy", query, kinds=("message",), now=NOW)
+    assert hits[0].text == statement and {h.text for h in hits[1:4]} == set(asks)
+    with pytest.raises(amber.InvalidInput):
+        Recall(store, question_penalty=1.5)
+
+
+def test_only_asks_tells_questions_from_statements_with_a_question() -> None:
+    from amber.recall.search import _only_asks
+
+    assert _only_asks("Who is my emergency contact at the moment? Thanks.")
+    assert _only_asks("Was it any good?")
+    assert not _only_asks("I moved to York last week. Can you update my address?")
+    assert not _only_asks("Remember the thing I was nervous about? Well, it went really well!")
+    assert not _only_asks("My policy number is P-1234.")
+
+
+async def test_the_outcome_of_a_plan_is_looked_up_when_retrieval_missed_it(store: amber.Store) -> None:
+    # Lexical recall alone: the outcome shares no word with the question, so no path finds it. The
+    # plan looks ahead ("signed up", "next month"), so its distinctive word is looked up among the
+    # same speaker's LATER turns; the earlier turn repeating it and the other speaker's are not.
+    key = amber.SessionKey("t-outcome", "pair", "s1")
+    plan = "I'm a bit nervous, I signed up to run the half marathon next month."
+    outcome = "Remember the thing I was nervous about? Well, it went really well!"
+    turns = [("user", "Nora", "I was nervous at the dentist, silly really."), ("user", "Nora", plan),
+             ("assistant", "Idris", "I'm always nervous before exams, honestly.")]
+    turns += [("user", "Nora", f"Routine chat {i} about the weather next month.") for i in range(6)]
+    turns += [("user", "Nora", outcome)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(hours=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    query = "How did it go when Nora tried to run the half marathon?"
+    hits = await Recall(store).search("t-outcome", "pair", query, limit=4, now=NOW)
+    assert [h.text for h in hits[:2]] == [plan, outcome]
+    assert hits[1].paths.get("echo") == 1.0 and "lexical" in hits[1].paths
+    assert not any("dentist" in h.text or h.author == "Idris" for h in hits)
+    assert outcome not in [h.text for h in await Recall(store, echo=0).search(
+        "t-outcome", "pair", query, limit=4, now=NOW)]
+
+
+async def test_no_outcome_is_looked_up_for_a_statement_that_does_not_look_ahead(store: amber.Store) -> None:
+    key = amber.SessionKey("t-nolook", "pair", "s1")
+    past = "I was a bit nervous when I ran the half marathon."
+    later = "Remember the thing I was nervous about? Well, it went really well!"
+    turns = [("user", "Nora", past), ("assistant", "Idris", "Good for you!"), ("user", "Nora", later)]
+    await store.append(key, [NewMessage(role, text, author=author, created_at=T0 + timedelta(hours=i))
+                             for i, (role, author, text) in enumerate(turns)])
+    query = "How did Nora run the half marathon?"
+    hits = await Recall(store).search("t-nolook", "pair", query, limit=4, now=NOW)
+    assert hits[0].text == past and later not in [h.text for h in hits]
+
+
+async def test_a_second_hop_ranks_right_below_a_seed_that_shares_the_querys_words(store: amber.Store) -> None:
+    # Leading hits score close together (0.80 .. 0.62): a find at the seed's score times
+    # bridge_weight would land below the limit. A seed the lexical search found (it shares the
+    # question's words) puts its name's best find right below it; a seed found only by vector
+    # similarity, a bare number, or a speaker's own name does not.
+    key = amber.SessionKey("t-hop2", "kim", "s")
+    rows = await store.append(key, [
+        NewMessage("user", "Put my sister Aisha down as my emergency contact.", author="Kim"),
+        NewMessage("user", "Who is my emergency contact at the moment?", author="Kim"),
+        NewMessage("user", "Is the phone number on my account correct?", author="Kim"),
+        NewMessage("user", "I might update my contact details soon.", author="Kim"),
+        NewMessage("user", "Who is my emergency contact now? Thanks.", author="Kim"),
+        NewMessage("user", "By the way, Aisha has a new mobile: 07700 900 123.", author="Kim"),
+        NewMessage("user", "Kim here again, about the boiler.", author="Kim"),
+    ])
+    seed, *others, second, own_name = rows
+
+    def hit(m: amber.Message, score: float, paths: tuple[str, ...]) -> Hit:
+        return Hit("message", m.id, score, m.content, key.tenant, key.user, key.thread, m.seq, m.created_at,
+                   (m.id,), paths={"fused": score, **{p: 1.0 for p in paths}}, author=m.author)
+
+    scores = [0.80, 0.74, 0.70, 0.66, 0.62]
+    words = {"emergency", "contact", "phone", "number"}
+    ranked = [hit(m, s, ("lexical", "vector")) for m, s in zip([seed, *others], scores)]
+    bridged = await Recall(store)._bridge(key.tenant, key.user, ranked, words, ("message",), 5, lambda h: h)
+    assert [h.id for h in bridged[:2]] == [seed.id, second.id]
+    assert bridged[1].paths.get("bridge") and bridged[1].score == pytest.approx(0.80, rel=1e-3)
+    assert own_name.id not in [h.id for h in bridged]  # "Kim" is a speaker, not a second hop
+
+    vector_only = [hit(seed, 0.80, ("vector",))] + ranked[1:]
+    weak = await Recall(store)._bridge(key.tenant, key.user, vector_only, words, ("message",), 5, lambda h: h)
+    assert [h.id for h in weak[:5]] == [h.id for h in vector_only]  # a find would rank at 0.40: below
+    assert second.id not in [h.id for h in weak]  # ... so the lookup is skipped

@@ -13,17 +13,21 @@ No model is called on the read path except the embedder for the query's own vect
    there) or min-max score fusion (``fusion="score"``);
 4. re-ranking: a time expression in the query ("last week", "in May") demotes hits outside its
    interval; a query naming some of the speakers among the candidates ("When did Caroline go to the
-   support group?") demotes the other speakers' turns (and facts naming one of them); turns whose
+   support group?") demotes the other speakers' turns (and facts naming one of them); a turn that
+   only asks ("Who is my emergency contact at the moment? Thanks.") is demoted below statements:
+   it shares the most words with a later question on its subject and states nothing; turns whose
    facts were superseded are demoted and marked (``paths["superseded"]``); recency only breaks
    near-ties (a newer statement above an older, equally similar one);
 5. one slot per piece of information: turns with the same text collapse into the best-ranked one,
    and a fact and the turns it was learned from share one slot (a fact hit covers its sources);
-6. follow-ups (``echo``): candidates by the best hit's speaker that repeat one of its distinctive
-   words ("I'm nervous, I signed up for the marathon" -> "Remember the thing I was nervous about?
-   It went well!") rank just below it;
+6. follow-ups (``echo``): turns by the best hit's speaker that repeat one of its distinctive words
+   ("I'm nervous, I signed up for the marathon" -> "Remember the thing I was nervous about? It
+   went well!") rank just below it: candidates first; when the best hit looks ahead ("next
+   month", "signed up") and too few were found, one lexical lookup among that speaker's later turns;
 7. bridging (multi-hop): names and identifiers in the best hits that the query does not mention are
    looked up once more lexically ("my emergency contact is my sister Aisha" -> "Aisha's new mobile
-   is ..."), and what that finds ranks just below its evidence;
+   is ..."); the best find of a name or identifier named by a hit that shares the query's words
+   ranks right below that hit, other finds lower;
 8. optionally, neighbouring turns of each turn hit as context (``neighbours=n``).
 
 Scores are in [0, 1], higher is better; ties keep a stable order (by id).
@@ -112,16 +116,25 @@ def lexical_query(query: str, *, inflections: bool = False) -> str:
     return " ".join(dict.fromkeys(words))
 
 
-def _bridge_terms(text: str, query_words: set[str]) -> list[str]:
+def _bridge_terms(text: str, query_words: set[str], speakers: Collection[str] = ()) -> list[str]:
+    """Names and identifiers in ``text`` that a second hop could look up: not in the query, and not
+    the name of one of the conversation's speakers ("said by Nora" links Nora to everything)."""
     terms = [m.group(0) for m in _NAME.finditer(text)]
     terms += [m.group(0) for m in _IDENTIFIER.finditer(text) if any(c.isdigit() for c in m.group(0))]
     out = []
     for t in terms:
         low = t.lower()
-        if low in STOP_WORDS or low in query_words or any(w in query_words for w in re.findall(r"\w+", low)):
+        if (low in STOP_WORDS or low in query_words or low in speakers
+                or any(w in query_words for w in re.findall(r"\w+", low))):
             continue
         out.append(t)
     return out
+
+
+def _strong_link(term: str) -> bool:
+    """A name, or an identifier with letters and digits ("C-7788"): what names one thing. A bare
+    number ("07700", a phone prefix) links many."""
+    return not term.isdigit() and not (term[:1].isdigit() and not any(c.isalpha() for c in term))
 
 
 def _content_terms(text: str, query_words: set[str]) -> list[str]:
@@ -129,6 +142,29 @@ def _content_terms(text: str, query_words: set[str]) -> list[str]:
     query lacks (names are the bridge's terms)."""
     lower = " ".join(t for t in _TOKEN.findall(text) if not t[:1].isupper())
     return [w for w in lexical_query(lower).split() if len(w) >= 4 and w.isalpha() and w not in query_words]
+
+
+# A turn about something still to happen, whose outcome a later turn may report.
+_LOOKS_AHEAD = re.compile(
+    r"\b(?:next (?:week|weekend|month|year|time)|tomorrow|soon|upcoming|going to|signed up|booked|"
+    r"planning|plan to|about to|can't wait)\b", re.IGNORECASE)
+_SENTENCE = re.compile(r"[^.!?]+[.!?]*")
+
+
+def _only_asks(text: str) -> bool:
+    """Whether a turn only asks ("Who is my emergency contact at the moment? Thanks."): it has a
+    question, and every sentence that is not one is a short courtesy of at most three words. A
+    question states nothing, yet shares the most words with a later question on the same subject."""
+    asks = False
+    for sentence in _SENTENCE.findall(text):
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        if sentence.endswith("?"):
+            asks = True
+        elif len(_TOKEN.findall(sentence)) > 3:
+            return False
+    return asks
 
 
 def _norm_text(text: str) -> str:
@@ -147,7 +183,8 @@ class Recall:
     ``pool`` (candidates per mode), ``dedup`` (one slot per text, and per fact with its sources),
     ``bridge`` (how many of the best hits seed the multi-hop lookup; 0 turns it off), ``echo`` (how
     many follow-ups of the best hit, same speaker and one of its distinctive words, rank just below
-    it; 0 turns it off), ``name_only_lexical`` (a lexical hit whose only match is a named speaker's
+    it; 0 turns it off), ``question_penalty`` (for turns that only ask; 1.0 turns it off),
+    ``name_only_lexical`` (a lexical hit whose only match is a named speaker's
     name is dropped from the lexical list; False keeps it).
     """
 
@@ -170,13 +207,15 @@ class Recall:
         bridge: int = 3,
         bridge_weight: float = 0.5,
         echo: int = 2,
+        question_penalty: float = 0.8,
         inflections: bool = False,
         name_only_lexical: bool = True,
     ) -> None:
         if fusion not in ("rrf", "score"):
             raise InvalidInput(f"fusion must be 'rrf' or 'score', got {fusion!r}")
-        if not 0.0 <= speaker_penalty <= 1.0:
-            raise InvalidInput(f"speaker_penalty must be in [0, 1], got {speaker_penalty!r}")
+        for name, value in (("speaker_penalty", speaker_penalty), ("question_penalty", question_penalty)):
+            if not 0.0 <= value <= 1.0:
+                raise InvalidInput(f"{name} must be in [0, 1], got {value!r}")
         self.store = store
         self.embedder = embedder
         self.fusion = fusion
@@ -193,6 +232,7 @@ class Recall:
         self.bridge = bridge
         self.bridge_weight = bridge_weight
         self.echo = echo
+        self.question_penalty = question_penalty
         self.inflections = inflections
         self.name_only_lexical = name_only_lexical
 
@@ -255,7 +295,8 @@ class Recall:
         if self.dedup:
             ranked = _one_slot_each(ranked)
         if self.echo and ranked:
-            ranked = self._echo(ranked, set(words.split()))
+            ranked = await self._echo(tenant, user, ranked, set(words.split()), limit, keep,
+                                      lookup="lexical" in modes)
         if self.bridge and "lexical" in modes and ranked:
             ranked = await self._bridge(tenant, user, ranked, set(words.split()), kinds, limit, keep)
         top = ranked[:limit]
@@ -375,6 +416,8 @@ class Recall:
                     score *= self.speaker_penalty
             if hit.kind == "fact":
                 score *= self.fact_boost
+            elif self.question_penalty != 1.0 and _only_asks(hit.text):
+                score *= self.question_penalty
             if self.recency_weight:
                 age_days = max(0.0, (now - at).total_seconds() / 86400.0)
                 decay = math.pow(0.5, age_days / self.recency_half_life_days) if self.recency_half_life_days else 0.0
@@ -423,48 +466,80 @@ class Recall:
             return set()
         return await self.store.superseded_sources(tenant, user, [h.id for h in fact_hits])
 
-    def _echo(self, ranked: list[Hit], query_words: set[str]) -> list[Hit]:
+    async def _echo(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str], limit: int,
+                    keep: Any, *, lookup: bool) -> list[Hit]:
         """Follow-ups of the best hit: a turn by the same speaker that repeats one of its distinctive
         words ("I'm a bit nervous, I signed up for the half marathon" -> "Remember the thing I was
         nervous about? It went really well!") often continues it while sharing nothing with the
-        question. Among the candidates already found, up to ``echo`` of them (best first) rank just
-        below it, where a bridge find would (``paths["echo"]``). No extra query: only candidates
-        that retrieval found on its own are moved, so nothing unrelated is pulled in."""
+        question. Up to ``echo`` of them rank just below it, where a bridge find would
+        (``paths["echo"]``): first among the candidates already found; if fewer are, one lexical
+        lookup of those words (``lookup``) finds the speaker's LATER turns repeating them, when the
+        best hit looks ahead ("next month", "signed up", "going to"): a plan is followed by its
+        outcome, after it; without that cue a lookup of its everyday words mostly finds noise."""
         top = ranked[0]
         if top.kind != "message" or not top.author:
             return ranked
-        terms = set(_content_terms(top.text, query_words))
-        author = top.author.strip().casefold()
         lift = top.score * self.bridge_weight
-        echoes = [h for h in ranked[1:] if h.kind == "message" and h.score < lift and h.author
-                  and h.author.strip().casefold() == author
-                  and terms & {w.lower() for w in re.findall(r"\w+", h.text)}][: self.echo]
+        if len(ranked) >= limit and ranked[limit - 1].score > lift:
+            return ranked  # whatever is placed at the lift would land below the limit
+        terms = set(_content_terms(top.text, query_words))
+        if not terms:
+            return ranked
+        author = top.author.strip().casefold()
+
+        def follows_up(h: Hit) -> bool:
+            return (h.kind == "message" and (h.author or "").strip().casefold() == author
+                    and not terms.isdisjoint(w.lower() for w in re.findall(r"\w+", h.text)))
+
+        echoes = [h for h in ranked[1:] if h.score < lift and follows_up(h)][: self.echo]
+        cues = {w.lower() for m in _LOOKS_AHEAD.finditer(top.text) for w in re.findall(r"\w+", m.group(0))}
+        lookup_terms = terms - cues  # "next month" says when, not what: the outcome need not repeat it
+        if lookup and len(echoes) < self.echo and cues and lookup_terms:
+            present = {h.id for h in ranked} | set().union(*(h.source_message_ids for h in ranked))
+            texts = {_norm_text(h.text) for h in ranked}
+            found = keep(await self.store.search_text(tenant, user, " ".join(sorted(lookup_terms)),
+                                                      limit=max(10, limit), kinds=("message",)))
+            for h in found:
+                if len(echoes) == self.echo:
+                    break
+                if (h.id not in present and h.created_at > top.created_at and follows_up(h)
+                        and _norm_text(h.text) not in texts):
+                    echoes.append(h)
+                    texts.add(_norm_text(h.text))
         if not echoes:
             return ranked
         # Just below the lift, in their own order, so a tie never reorders them by id.
         moved = {h.id: replace(h, score=lift * (1.0 - 1e-6 * (i + 1)),
                                paths={**h.paths, "echo": 1.0, "fused": lift * (1.0 - 1e-6 * (i + 1))})
                  for i, h in enumerate(echoes)}
-        out = [moved.get(h.id, h) if h.kind == "message" else h for h in ranked]
+        out = [moved.pop(h.id, h) if h.kind == "message" else h for h in ranked] + list(moved.values())
         out.sort(key=lambda h: (-h.score, 0 if h.kind == "fact" else 1, h.id))
         return out
 
     async def _bridge(self, tenant: str, user: str, ranked: list[Hit], query_words: set[str],
                       kinds: Sequence[str], limit: int, keep: Any) -> list[Hit]:
         """Multi-hop: one more lexical lookup for names and identifiers the best hits mention and the
-        query does not; each find ranks just below the hit that named it."""
+        query does not ("my emergency contact is my sister Aisha" -> "Aisha's new mobile is ...").
+        Where the hit that names the term shares words with the query (it is about the question,
+        not only alike in shape), the best find that states something ranks just below that hit:
+        the second hop is worth as much as the first, and a score cut (the seed's times
+        ``bridge_weight``) would leave it below the limit wherever the leading hits score close
+        together. Other finds rank at that cut, in the lookup's order."""
+        speakers = {w.casefold() for h in ranked if h.kind == "message" and h.author
+                    for w in re.findall(r"\w+", h.author)}
         seeds: dict[str, Hit] = {}
         for hit in ranked[: self.bridge]:
-            for term in _bridge_terms(hit.text, query_words):
+            for term in _bridge_terms(hit.text, query_words, speakers):
                 seeds.setdefault(term.lower(), hit)
         if not seeds:
             return ranked
-        # A find ranks at its seed's score times bridge_weight, below every hit scoring more: when
-        # the limit-th hit already does, nothing found could enter the answer, so skip the lookup.
-        if len(ranked) >= limit and ranked[limit - 1].score > max(
-                hit.score * self.bridge_weight for hit in seeds.values()):
+        # Without a seed that earns the slot below it, finds rank at the cut, below every hit scoring
+        # more: when the limit-th hit already does, nothing found could enter the answer.
+        if not any(_strong_link(t) and "lexical" in h.paths for t, h in seeds.items()) and (
+                len(ranked) >= limit and ranked[limit - 1].score > max(
+                    hit.score * self.bridge_weight for hit in seeds.values())):
             return ranked
-        found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit // 2),
+        found = keep(await self.store.search_text(tenant, user, " ".join(seeds), limit=max(5, limit),
                                                   kinds=kinds))
         present = {(h.kind, h.id): h for h in ranked[:limit]}
         covered = {m for h in ranked[:limit] for m in (h.source_message_ids or (h.id,))} | {
@@ -472,14 +547,25 @@ class Recall:
         texts = {_norm_text(h.text) for h in ranked[:limit]}
         extra: list[Hit] = []
         lifted: dict[tuple[str, str], Hit] = {}
+        answered: set[str] = set()  # seed terms whose first find is placed
+        order = sorted(seeds, key=lambda t: not _strong_link(t))  # a find counts for its strongest link
         for h in found:
             if (h.kind, h.id) not in present and (h.id in covered or _norm_text(h.text) in texts):
                 continue
+            low = h.text.lower()
             words = {w.lower() for w in re.findall(r"\w+", h.text)}
-            seed = next((hit for term, hit in seeds.items() if term in words or term in h.text.lower()), None)
-            if seed is None:
+            term = next((t for t in order if t in words or t in low), None)
+            if term is None:
                 continue
-            score = seed.score * self.bridge_weight
+            seed = seeds[term]
+            if h.id == seed.id and h.kind == seed.kind:
+                continue  # the hit that named the term
+            if (term not in answered and _strong_link(term) and "lexical" in seed.paths
+                    and not (h.kind == "message" and _only_asks(h.text))):
+                answered.add(term)
+                score = seed.score * (1.0 - 1e-4)
+            else:
+                score = seed.score * self.bridge_weight * (1.0 - 1e-6 * len(extra))  # keep the lookup's order
             if (h.kind, h.id) in present:
                 # Already in the answer, but maybe low enough for the finds placed above it to push it
                 # out: it ranks at least where a find of the same seed would.
@@ -490,6 +576,7 @@ class Recall:
                 continue
             extra.append(replace(h, score=score, paths={"bridge": h.score, "fused": score}))
             texts.add(_norm_text(h.text))
+            covered.update(h.source_message_ids or (h.id,))
         if not extra and not lifted:
             return ranked
         placed = {(e.kind, e.id) for e in extra}
