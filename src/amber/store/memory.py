@@ -54,6 +54,7 @@ from .base import (
     validate_history_write,
     validate_limit,
     validate_state_name,
+    vector_digest,
 )
 
 __all__ = ["MemoryStore", "lexical_terms", "lexical_score"]
@@ -725,7 +726,7 @@ class MemoryStore(AuditedReads, Store):
             for it in kept:
                 vecs[(it.kind, it.id)] = bucket[(it.kind, it.id)] = tuple(float(x) for x in it.vector)
             self._audit(tenant, "vector.put", user=user, record_ids=[f"{k}:{i}" for k, i in vecs],
-                        digests=[digest(model, ",".join(repr(x) for x in v)) for v in vecs.values()])
+                        digests=[vector_digest(model, v) for v in vecs.values()])
 
     async def search_vectors(
         self, tenant: str, user: str, model: str, vector: Sequence[float], *, limit: int = 20,

@@ -88,14 +88,15 @@ from .base import (
     prepare_message,
     prepare_restore,
     prepare_restored_facts,
-    stale_sources,
-    superseded_query_ids,
     restore_conflict,
     select_window,
+    stale_sources,
+    superseded_query_ids,
     validate_expect_current,
     validate_history_write,
     validate_limit,
     validate_state_name,
+    vector_digest,
 )
 
 __all__ = ["PostgresStore", "open_postgres", "PGVECTOR_INSTALL_HINT"]
@@ -1600,7 +1601,7 @@ class PostgresStore(AuditedReads, Store):
             if not stored:
                 return
             await self._audit(conn, tenant, "vector.put", user=user, record_ids=[f"{k}:{i}" for k, i in stored],
-                              digests=[digest(model, ",".join(repr(x) for x in rows[ki])) for ki in stored])
+                              digests=[vector_digest(model, rows[ki]) for ki in stored])
         if native:
             for dim in sorted({len(v) for v in rows.values()}):
                 await self._ensure_vector_index(model, dim)

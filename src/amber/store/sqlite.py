@@ -84,13 +84,14 @@ from .base import (
     prepare_message,
     prepare_restore,
     prepare_restored_facts,
+    restore_conflict,
     stale_sources,
     superseded_query_ids,
-    restore_conflict,
     validate_expect_current,
     validate_history_write,
     validate_limit,
     validate_state_name,
+    vector_digest,
 )
 from .memory import lexical_terms
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, applied_versions
@@ -1561,8 +1562,7 @@ class SQLiteStore(AuditedReads, Store):
             _bump_vectors(conn, tenant, user, rewrite=bool(replaced))
             stored = sorted({(r[3], r[4]): r for r in rows}.items())
             with_actor(conn, tenant, "vector.put", actor, user=user, record_ids=[f"{k}:{i}" for (k, i), _ in stored],
-                       digests=[digest(model, ",".join(repr(float(x)) for x in np.frombuffer(r[6], dtype="<f4")))
-                                for _, r in stored])
+                       digests=[vector_digest(model, r[6]) for _, r in stored])
 
         await self._write(op)
 

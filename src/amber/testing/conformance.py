@@ -701,6 +701,21 @@ class StoreConformance:
         except CapabilityMissing as exc:  # a backend that has not implemented the chain yet
             pytest.skip(str(exc))
 
+    async def test_a_stored_vector_is_audited_by_the_hash_of_its_float32_bytes(self, store: Store,
+                                                                                 key: SessionKey) -> None:
+        # The same hash on every backend for the same stored vector (0.1 is not exact in float32).
+        from ..store.base import vector_digest
+
+        m1, m2 = await store.append(key, [_msg("first"), _msg("second")])
+        vectors = {f"message:{m1.id}": (0.1, -0.2, 0.3), f"message:{m2.id}": (1.0, 0.0, 0.0)}
+        await store.put_vectors(key.tenant, key.user, "toy", [
+            VectorItem("message", m1.id, vectors[f"message:{m1.id}"]),
+            VectorItem("message", m2.id, vectors[f"message:{m2.id}"])])
+        (entry,) = await store.list_audit(key.tenant, operation="vector.put")
+        assert dict(zip(entry.record_ids, entry.digests)) == {
+            rid: vector_digest("toy", v) for rid, v in vectors.items()}
+        assert vector_digest("toy", (0.1, -0.2, 0.3)) != vector_digest("other", (0.1, -0.2, 0.3))
+
     async def test_every_public_operation_leaves_exactly_its_audit_entries(self, store: Store, tenant: str) -> None:
         from collections import Counter
 
