@@ -210,9 +210,14 @@ class DeletionReceipt:
 
 @dataclass(frozen=True, slots=True)
 class LearnJob:
+    """A learn job: one per appended message. ``attempts`` counts its claims; ``last_error`` is what
+    its latest failure recorded. ``died_at`` is set only on jobs ``Store.list_dead_learn_jobs`` lists:
+    when the job was parked as dead."""
+
     id: str
     key: SessionKey
     message_id: str
     seq: int
     attempts: int
     last_error: str | None = None
+    died_at: datetime | None = None

@@ -264,6 +264,8 @@ class SyncStore:
     complete_learn_jobs = _Blocking(Store.complete_learn_jobs)
     fail_learn_job = _Blocking(Store.fail_learn_job)
     learn_queue_stats = _Blocking(Store.learn_queue_stats)
+    list_dead_learn_jobs = _Blocking(Store.list_dead_learn_jobs)
+    requeue_dead_learn_jobs = _Blocking(Store.requeue_dead_learn_jobs)
     list_audit = _Blocking(Store.list_audit)
     chain_audit = _Blocking(Store.chain_audit)
     prune = _Blocking(Store.prune)

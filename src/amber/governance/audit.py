@@ -75,6 +75,7 @@ WRITE_OPERATIONS = frozenset({
     "message.correct", # correct_message: the id; old and new content hash
     "vector.put",      # kind:id + hash of each stored vector
     "learn.fail",      # job id + message id of a failed learning job
+    "learn.requeue",   # job id + message id of a dead job made pending again
 })
 # message.delete names one message (id + content hash): a late fact learned from it is refused too.
 ERASURE_OPERATIONS = frozenset({"session.delete", "user.delete", "retention.prune", "message.delete"})

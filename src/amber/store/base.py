@@ -83,6 +83,8 @@ __all__ = [
     "CORRECTION_KEYS",
     "stale_sources",
     "validate_fact_ids",
+    "validate_job_ids",
+    "validate_tenant_filter",
     "validate_expect_current",
     "check_current_facts",
     "validate_history_write",
@@ -530,6 +532,21 @@ def validate_fact_ids(fact_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(fact_ids))
 
 
+def validate_job_ids(job_ids: Sequence[str] | None) -> list[str] | None:
+    """The learn job ids, each once, in order (None: every job); InvalidInput unless a sequence of
+    strings -- a lone string would otherwise be read as its characters."""
+    if job_ids is None:
+        return None
+    if isinstance(job_ids, (str, bytes)) or any(not isinstance(i, str) for i in job_ids):
+        raise InvalidInput("job_ids must be a sequence of job id strings, or None for every job")
+    return list(dict.fromkeys(job_ids))
+
+
+def validate_tenant_filter(tenant: str | None) -> str | None:
+    """An optional tenant filter of a queue operation (None: every tenant)."""
+    return None if tenant is None else validate_part("tenant", tenant)
+
+
 def validate_expect_current(expect_current: Sequence[str] | None) -> frozenset[str] | None:
     """The fact ids ``record_fact(expect_current=...)`` expects to be current, as a set (None: no
     expectation); InvalidInput unless a sequence of strings."""
@@ -867,6 +884,22 @@ class Store(ABC):
     @abstractmethod
     async def learn_queue_stats(self, tenant: str | None = None) -> Mapping[str, int]:
         """Counts of pending, leased and dead jobs."""
+
+    @abstractmethod
+    async def list_dead_learn_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[LearnJob]:
+        """Jobs parked as dead (of one tenant or all), the longest dead first (ties by job id), at
+        most ``limit``: each with its ``attempts``, ``last_error`` and ``died_at``. Not audited, like
+        the other queue bookkeeping: it returns ids and error text, no content."""
+
+    @abstractmethod
+    async def requeue_dead_learn_jobs(
+        self, job_ids: Sequence[str] | None = None, *, tenant: str | None = None
+    ) -> int:
+        """Make dead jobs pending again, due now, with ``attempts`` reset to 0; ``last_error`` is kept
+        (the next failure replaces it), so a claimed job still says why it died before. ``job_ids``
+        None means every dead job (of ``tenant`` if given); ids that are unknown, not dead or of
+        another tenant are skipped. Returns how many were requeued. Audited as ``learn.requeue``,
+        one entry per job (job id, message id), like ``learn.fail``."""
 
     # -- audit ---------------------------------------------------------------------------------
     @abstractmethod

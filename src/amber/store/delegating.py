@@ -178,6 +178,13 @@ class DelegatingStore(Store):
     async def learn_queue_stats(self, tenant: str | None = None) -> Mapping[str, int]:
         return await self._inner.learn_queue_stats(tenant)
 
+    async def list_dead_learn_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[LearnJob]:
+        return await self._inner.list_dead_learn_jobs(tenant=tenant, limit=limit)
+
+    async def requeue_dead_learn_jobs(self, job_ids: Sequence[str] | None = None, *,
+                                      tenant: str | None = None) -> int:
+        return await self._inner.requeue_dead_learn_jobs(job_ids, tenant=tenant)
+
     # -- audit -----------------------------------------------------------------------------------
     # -- audit ---------------------------------------------------------------------------------------
     def audit_read(

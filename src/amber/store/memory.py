@@ -52,8 +52,10 @@ from .base import (
     select_window,
     validate_expect_current,
     validate_history_write,
+    validate_job_ids,
     validate_limit,
     validate_state_name,
+    validate_tenant_filter,
     vector_digest,
 )
 
@@ -787,6 +789,7 @@ class MemoryStore(AuditedReads, Store):
                         record_ids=[j.id, j.message_id], count=1)
             if retry_in is None:
                 j.dead = True
+                j.available_at = utcnow()  # a dead job is never due: this records when it died
             else:
                 j.available_at = utcnow() + timedelta(seconds=retry_in)
 
@@ -804,6 +807,32 @@ class MemoryStore(AuditedReads, Store):
                 else:
                     stats["pending"] += 1
         return stats
+
+    async def list_dead_learn_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[LearnJob]:
+        validate_tenant_filter(tenant)
+        validate_limit(limit, allow_none=False)
+        with self._d.lock:
+            dead = sorted((j for j in self._d.jobs.values()
+                           if j.dead and (tenant is None or j.key.tenant == tenant)),
+                          key=lambda j: (j.available_at, j.id))
+            return [LearnJob(j.id, j.key, j.message_id, j.seq, j.attempts, j.last_error, j.available_at)
+                    for j in dead[:limit]]
+
+    async def requeue_dead_learn_jobs(
+        self, job_ids: Sequence[str] | None = None, *, tenant: str | None = None
+    ) -> int:
+        ids = validate_job_ids(job_ids)
+        validate_tenant_filter(tenant)
+        with self._d.lock:
+            jobs = list(self._d.jobs.values()) if ids is None else [
+                self._d.jobs[i] for i in ids if i in self._d.jobs]
+            todo = [j for j in jobs if j.dead and (tenant is None or j.key.tenant == tenant)]
+            now = utcnow()
+            for j in todo:
+                j.dead, j.leased, j.attempts, j.available_at = False, False, 0, now
+                self._audit(j.key.tenant, "learn.requeue", user=j.key.user, thread=j.key.thread,
+                            record_ids=[j.id, j.message_id], count=1)
+        return len(todo)
 
     # -- audit -------------------------------------------------------------------------------------
     async def list_audit(

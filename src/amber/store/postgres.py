@@ -94,8 +94,10 @@ from .base import (
     superseded_query_ids,
     validate_expect_current,
     validate_history_write,
+    validate_job_ids,
     validate_limit,
     validate_state_name,
+    validate_tenant_filter,
     vector_digest,
 )
 
@@ -1897,9 +1899,9 @@ class PostgresStore(AuditedReads, Store):
     async def fail_learn_job(self, job_id: str, error: str, *, retry_in: float | None) -> None:
         async with self._tx() as conn:
             cur = await conn.execute(
-                self._sql(
+                self._sql(  # a dead job is never due: available_at records when it died
                     "UPDATE {s}.learn_jobs SET last_error = left(%(e)s, 2000), leased = false, "
-                    "dead = %(dead)s, available_at = CASE WHEN %(dead)s THEN available_at "
+                    "dead = %(dead)s, available_at = CASE WHEN %(dead)s THEN now() "
                     "ELSE now() + make_interval(secs => %(retry)s) END WHERE id = %(id)s "
                     "RETURNING tenant_id, user_id, thread_id, message_id"
                 ),
@@ -1921,6 +1923,41 @@ class PostgresStore(AuditedReads, Store):
         )
         pending, leased, dead = rows[0]
         return {"pending": pending, "leased": leased, "dead": dead}
+
+    async def list_dead_learn_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[LearnJob]:
+        validate_tenant_filter(tenant)
+        validate_limit(limit, allow_none=False)
+        rows = await self._fetchall(
+            "SELECT id, tenant_id, user_id, thread_id, message_id, seq, attempts, last_error, available_at "
+            "FROM {s}.learn_jobs WHERE dead AND (%(t)s::text IS NULL OR tenant_id = %(t)s) "
+            "ORDER BY available_at, id LIMIT %(n)s",
+            {"t": tenant, "n": limit},
+        )
+        return [LearnJob(r[0], SessionKey(r[1], r[2], r[3]), r[4], r[5], r[6], r[7], _utc(r[8]))
+                for r in rows]
+
+    async def requeue_dead_learn_jobs(
+        self, job_ids: Sequence[str] | None = None, *, tenant: str | None = None
+    ) -> int:
+        ids = validate_job_ids(job_ids)
+        validate_tenant_filter(tenant)
+        if ids == []:
+            return 0
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                self._sql(
+                    "UPDATE {s}.learn_jobs SET dead = false, leased = false, attempts = 0, "
+                    "available_at = now() WHERE dead AND (%(t)s::text IS NULL OR tenant_id = %(t)s) "
+                    "AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[])) "
+                    "RETURNING tenant_id, id, user_id, thread_id, message_id"
+                ),
+                {"t": tenant, "ids": ids},
+            )
+            rows = await cur.fetchall()
+            for t, job_id, user, thread, message_id in rows:
+                await self._audit(conn, t, "learn.requeue", user=user, thread=thread,
+                                  record_ids=[job_id, message_id], count=1)
+        return len(rows)
 
     # -- audit -------------------------------------------------------------------------------------
     async def list_audit(

@@ -89,8 +89,10 @@ from .base import (
     superseded_query_ids,
     validate_expect_current,
     validate_history_write,
+    validate_job_ids,
     validate_limit,
     validate_state_name,
+    validate_tenant_filter,
     vector_digest,
 )
 from .memory import lexical_terms
@@ -1758,9 +1760,12 @@ class SQLiteStore(AuditedReads, Store):
                 return
             with_actor(conn, job[0], "learn.fail", actor, user=job[1], thread=job[2],
                        record_ids=[str(job_id), job[3]], count=1)
-            if retry_in is None:
-                conn.execute("UPDATE learn_jobs SET last_error = ?, leased = 0, dead = 1 WHERE id = ?",
-                             (str(error)[:2000], job_id))
+            if retry_in is None:  # a dead job is never due: available_at records when it died
+                conn.execute(
+                    "UPDATE learn_jobs SET last_error = ?, leased = 0, dead = 1, available_at = ?"
+                    " WHERE id = ?",
+                    (str(error)[:2000], _now_us(), job_id),
+                )
             else:
                 conn.execute(
                     "UPDATE learn_jobs SET last_error = ?, leased = 0, available_at = ? WHERE id = ?",
@@ -1780,6 +1785,53 @@ class SQLiteStore(AuditedReads, Store):
             return {"pending": row[2] - row[0] - row[1], "leased": row[1], "dead": row[0]}
 
         return await self._read(query)
+
+    async def list_dead_learn_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[LearnJob]:
+        validate_tenant_filter(tenant)
+        validate_limit(limit, allow_none=False)
+
+        def query(conn: sqlite3.Connection) -> list[LearnJob]:
+            where, params = ("", []) if tenant is None else (" AND tenant_id = ?", [tenant])
+            rows = conn.execute(
+                "SELECT id, tenant_id, user_id, thread_id, message_id, seq, attempts, last_error,"
+                f" available_at FROM learn_jobs WHERE dead = 1{where} ORDER BY available_at, id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [LearnJob(r[0], SessionKey(r[1], r[2], r[3]), r[4], r[5], r[6], r[7], _dt(r[8]))
+                    for r in rows]
+
+        return await self._read(query)
+
+    async def requeue_dead_learn_jobs(
+        self, job_ids: Sequence[str] | None = None, *, tenant: str | None = None
+    ) -> int:
+        ids = validate_job_ids(job_ids)
+        validate_tenant_filter(tenant)
+        if ids == []:
+            return 0
+        actor = current_actor()
+
+        def op(conn: sqlite3.Connection) -> int:
+            where, params = ("", []) if tenant is None else (" AND tenant_id = ?", [tenant])
+            select = ("SELECT rid, id, tenant_id, user_id, thread_id, message_id FROM learn_jobs"
+                      " WHERE dead = 1" + where)
+            if ids is None:
+                rows = conn.execute(select, params).fetchall()
+            else:
+                rows = []
+                for chunk in _chunks(ids, 500):
+                    rows += conn.execute(f"{select} AND id IN ({','.join('?' * len(chunk))})",
+                                         (*params, *chunk)).fetchall()
+            now = _now_us()
+            conn.executemany(
+                "UPDATE learn_jobs SET dead = 0, leased = 0, attempts = 0, available_at = ? WHERE rid = ?",
+                [(now, r[0]) for r in rows])
+            for _, job_id, t, user, thread, message_id in rows:
+                with_actor(conn, t, "learn.requeue", actor, user=user, thread=thread,
+                           record_ids=[job_id, message_id], count=1)
+            return len(rows)
+
+        return await self._write(op)
 
     # -- audit --------------------------------------------------------------------------------------
     async def list_audit(
