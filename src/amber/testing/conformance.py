@@ -16,7 +16,7 @@ import pytest
 
 from ..errors import AmberError, InvalidInput, InvalidSessionKey, MessageTooLarge, NotFound, VersionConflict
 from ..keys import SessionKey
-from ..records import NewFact, NewMessage, VectorItem
+from ..records import LearnJob, NewFact, NewMessage, VectorItem
 from ..store.base import Store
 from .model_based import MODEL_BASED_SETTINGS, run_model_based
 
@@ -528,6 +528,118 @@ class StoreConformance:
         await store.fail_learn_job(jobs[0].id, "late", retry_in=0)  # completed job: no resurrection
         assert mine(await store.claim_learn_jobs(limit=1000, lease_seconds=0, tenant=key.tenant)) == []
 
+    @staticmethod
+    async def _dead_jobs(store: Store, key: SessionKey, errors: list[str]) -> list[LearnJob]:
+        """Append one message per error and fail its job for good with that error; the jobs, in order."""
+        await store.append(key, [_msg(e) for e in errors])
+        claimed = await store.claim_learn_jobs(limit=1000, lease_seconds=600, tenant=key.tenant)
+        jobs = sorted((j for j in claimed if j.key == key), key=lambda j: j.seq)
+        assert len(jobs) == len(errors)
+        for job, error in zip(jobs, errors):
+            await store.fail_learn_job(job.id, error, retry_in=None)
+        return jobs
+
+    async def test_dead_jobs_are_listed_oldest_first_with_their_error_and_attempts(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        (m1,) = await store.append(key, [_msg("a")])
+        await asyncio.sleep(0.002)  # ids are time-ordered: a's job sorts first, yet it dies last
+        (m2,) = await store.append(key, [_msg("b")])
+        claimed = await store.claim_learn_jobs(limit=1000, lease_seconds=600, tenant=key.tenant)
+        jobs = {j.message_id: j for j in claimed if j.key == key}
+        job, other = jobs[m1.id], jobs[m2.id]
+        await store.fail_learn_job(other.id, "other", retry_in=None)
+        await store.fail_learn_job(job.id, "first try", retry_in=0)
+        await asyncio.sleep(0.002)
+        before = datetime.now(timezone.utc)
+        (again,) = [j for j in await store.claim_learn_jobs(limit=1000, lease_seconds=600, tenant=key.tenant)
+                    if j.key == key]
+        await store.fail_learn_job(again.id, "ValueError: gave up", retry_in=None)
+        after = datetime.now(timezone.utc)
+        dead = await store.list_dead_learn_jobs(tenant=key.tenant)
+        assert [(d.id, d.key, d.message_id, d.seq, d.attempts, d.last_error) for d in dead] == [
+            (other.id, key, m2.id, 2, 1, "other"),
+            (job.id, key, m1.id, 1, 2, "ValueError: gave up"),
+        ]
+        died = dead[1].died_at
+        assert died is not None and died.tzinfo is not None and dead[0].died_at is not None
+        # when it died, not when its lease would have run out (600 s later)
+        assert before - timedelta(seconds=5) <= died <= after + timedelta(seconds=5)
+        assert dead[0].died_at < died
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=key.tenant, limit=1)] == [other.id]
+        assert await store.list_dead_learn_jobs(tenant=key.tenant, limit=0) == []
+        everyone = await store.list_dead_learn_jobs(limit=10_000)
+        assert [d.id for d in everyone if d.key == key] == [other.id, job.id]
+        assert (await store.learn_queue_stats(key.tenant))["dead"] == 2
+        # claiming never hands out a dead job
+        assert await store.claim_learn_jobs(limit=1000, lease_seconds=0, tenant=key.tenant) == []
+        await store.delete_session(key)  # its jobs go with it: nothing is left on a shared server
+        assert await store.list_dead_learn_jobs(tenant=key.tenant) == []
+
+    async def test_requeue_makes_dead_jobs_claimable_again(self, store: Store, key: SessionKey) -> None:
+        first, second = await self._dead_jobs(store, key, ["boom 1", "boom 2"])
+        (live,) = await store.append(key, [_msg("pending")])
+        stats = await store.learn_queue_stats(key.tenant)
+        assert (stats["pending"], stats["dead"]) == (1, 2)
+        # only the dead job named counts: an unknown id and a pending job's id are skipped
+        live_job = [j for j in await store.claim_learn_jobs(limit=1000, lease_seconds=0, tenant=key.tenant)
+                    if j.message_id == live.id]
+        assert len(live_job) == 1
+        assert await store.requeue_dead_learn_jobs([second.id, "job-unknown", live_job[0].id],
+                                                   tenant=key.tenant) == 1
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=key.tenant)] == [first.id]
+        after = await store.learn_queue_stats(key.tenant)
+        assert (after["pending"], after["dead"]) == (stats["pending"] + 1, stats["dead"] - 1)
+        claimed = {j.id: j for j in await store.claim_learn_jobs(limit=1000, tenant=key.tenant)
+                   if j.key == key}
+        assert set(claimed) == {second.id, live_job[0].id}
+        # attempts start again from 0 (this claim is the first); the old error is kept until the next one
+        assert (claimed[second.id].attempts, claimed[second.id].last_error) == (1, "boom 2")
+        assert await store.requeue_dead_learn_jobs([second.id], tenant=key.tenant) == 0  # not dead any more
+        assert await store.requeue_dead_learn_jobs([], tenant=key.tenant) == 0
+        assert await store.requeue_dead_learn_jobs(tenant=key.tenant) == 1  # None: every dead job of it
+        assert await store.list_dead_learn_jobs(tenant=key.tenant) == []
+        assert (await store.learn_queue_stats(key.tenant))["dead"] == 0
+        again = await store.claim_learn_jobs(limit=1000, tenant=key.tenant)
+        assert [j.id for j in again if j.key == key] == [first.id]
+        await store.delete_session(key)
+
+    async def test_dead_jobs_are_listed_and_requeued_per_tenant(self, store: Store, tenant: str) -> None:
+        a, b = SessionKey(tenant, "u", "t"), SessionKey(f"{tenant}-b", "u", "t")
+        (job_a,) = await self._dead_jobs(store, a, ["boom a"])
+        (job_b,) = await self._dead_jobs(store, b, ["boom b"])
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=a.tenant)] == [job_a.id]
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=b.tenant)] == [job_b.id]
+        assert {d.id for d in await store.list_dead_learn_jobs(limit=10_000)} >= {job_a.id, job_b.id}
+        # tenant A's requeue never touches B's job, not even when given its id
+        assert await store.requeue_dead_learn_jobs([job_b.id], tenant=a.tenant) == 0
+        assert await store.requeue_dead_learn_jobs(tenant=a.tenant) == 1
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=b.tenant)] == [job_b.id]
+        assert (await store.learn_queue_stats(b.tenant))["dead"] == 1
+        assert (await store.learn_queue_stats(a.tenant))["dead"] == 0
+        assert await store.requeue_dead_learn_jobs([job_b.id]) == 1  # no tenant: the id alone decides
+        assert await store.list_dead_learn_jobs(tenant=b.tenant) == []
+        await store.delete_session(a)
+        await store.delete_session(b)
+
+    async def test_dead_job_queries_reject_bad_input_and_change_nothing(
+        self, store: Store, key: SessionKey
+    ) -> None:
+        (job,) = await self._dead_jobs(store, key, ["boom"])
+        for limit in (-1, "10", True, None, 1.5, 2**63):
+            with pytest.raises(InvalidInput):
+                await store.list_dead_learn_jobs(tenant=key.tenant, limit=limit)  # type: ignore[arg-type]
+        for bad_tenant in ("bad/tenant", "", 42):
+            with pytest.raises(InvalidInput):
+                await store.list_dead_learn_jobs(tenant=bad_tenant)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInput):
+                await store.requeue_dead_learn_jobs([job.id], tenant=bad_tenant)  # type: ignore[arg-type]
+        for ids in (job.id, [job.id, 7], b"job", [None]):
+            with pytest.raises(InvalidInput):  # a lone string is not read as its characters
+                await store.requeue_dead_learn_jobs(ids, tenant=key.tenant)  # type: ignore[arg-type]
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=key.tenant)] == [job.id]
+        await store.delete_session(key)
+
     # -- restore: records written with their given identity ---------------------------------------
     async def _restore_source(self, store: Store, key: SessionKey) -> tuple[Any, ...]:
         """A session and facts as an export would carry them, read back from ``store``."""
@@ -756,6 +868,10 @@ class StoreConformance:
         assert len(jobs) == 2
         await store.fail_learn_job(jobs[0].id, "boom", retry_in=None)
         want("learn.fail", [jobs[0].id, jobs[0].message_id], thread="t-1")
+        assert [d.id for d in await store.list_dead_learn_jobs(tenant=tenant)] == [jobs[0].id]  # no entry
+        assert await store.requeue_dead_learn_jobs([jobs[0].id], tenant=tenant) == 1
+        want("learn.requeue", [jobs[0].id, jobs[0].message_id], thread="t-1")
+        assert await store.requeue_dead_learn_jobs([jobs[0].id], tenant=tenant) == 0  # none: no entry
         await store.complete_learn_jobs([jobs[1].id])
         assert await store.delete_fact(tenant, "u-1", fact.id) is True
         want("fact.delete", [fact.id])
@@ -790,7 +906,8 @@ class StoreConformance:
         assert not missing, f"missing audit entries: {sorted(missing)}"
         assert not extra, f"unexpected audit entries: {sorted(extra)}"
         for e in events:
-            assert e.actor and e.at.tzinfo is not None and e.count == (1 if e.operation == "learn.fail" else len(e.record_ids))
+            one_job = e.operation in ("learn.fail", "learn.requeue")
+            assert e.actor and e.at.tzinfo is not None and e.count == (1 if one_job else len(e.record_ids))
             assert "P-4242" not in repr((e.record_ids, e.digests, e.operation, e.actor))
 
     async def test_reads_are_audited_durably_by_close(self, open_handle: OpenHandle, key: SessionKey) -> None:
