@@ -1,5 +1,6 @@
 """The `amber` CLI against real stores: in-process (click's CliRunner) on a named memory store, and
-as real subprocesses on a SQLite file for the cross-process cases (history --follow)."""
+as real subprocesses on a SQLite file for the cross-process cases (history --follow); `amber jobs`
+runs on a real SQLite file both ways."""
 
 from __future__ import annotations
 
@@ -197,3 +198,82 @@ def test_history_follow_sees_writes_from_another_process(tmp_path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- dead learn jobs: `amber jobs dead` / `amber jobs requeue` on a real SQLite file -----------------
+
+def _kill_jobs(db: str, errors: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per tenant, one message per error whose learn job is failed for good with that error: job ids."""
+    async def go() -> dict[str, list[str]]:
+        async with await amber.open_store(db) as store:
+            out: dict[str, list[str]] = {}
+            for tenant, errs in errors.items():
+                key = SessionKey(tenant, "u-1", "claim")
+                await store.append(key, [NewMessage("user", e) for e in errs])
+                jobs = sorted(await store.claim_learn_jobs(tenant=tenant), key=lambda j: j.seq)
+                for job, error in zip(jobs, errs):
+                    await store.fail_learn_job(job.id, error, retry_in=None)
+                out[tenant] = [j.id for j in jobs]
+            return out
+
+    return asyncio.run(go())
+
+
+def test_jobs_dead_lists_and_requeue_retries_per_tenant(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AMBER_TENANT", raising=False)  # unscoped means every tenant only without it
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    ids = _kill_jobs(db, {"acme": ["ValueError: bad JSON", "TimeoutError: model"], "other": ["boom"]})
+
+    def cli(*args: str):
+        return CliRunner().invoke(main, ["--store", db, *args], catch_exceptions=False)
+
+    r = cli("jobs", "dead", "--tenant", "acme", "--json")
+    assert r.exit_code == 0, r.output
+    dead = json.loads(r.output)
+    assert [(d["id"], d["key"], d["attempts"], d["last_error"]) for d in dead] == [
+        (ids["acme"][0], "acme/u-1/claim", 1, "ValueError: bad JSON"),
+        (ids["acme"][1], "acme/u-1/claim", 1, "TimeoutError: model")]
+    assert all(d["died_at"] and d["message_id"] for d in dead)
+    everyone = json.loads(cli("--json", "jobs", "dead").output)  # no tenant given: the whole queue
+    assert {d["id"] for d in everyone} == {*ids["acme"], *ids["other"]}
+    def dead_ids(*args: str) -> list[str]:
+        return [d["id"] for d in json.loads(cli(*args).output)]
+
+    assert dead_ids("--tenant", "other", "--json", "jobs", "dead") == ids["other"]  # the global --tenant
+    assert dead_ids("jobs", "dead", "--tenant", "acme", "--limit", "1", "--json") == ids["acme"][:1]
+    table = CliRunner().invoke(main, ["--store", db, "jobs", "dead", "--tenant", "acme"],
+                               env={"COLUMNS": "200"})  # wide enough for whole ids
+    assert table.exit_code == 0 and ids["acme"][0] in table.output and "ValueError: bad JSON" in table.output
+
+    r = cli("--json", "jobs", "requeue", "--tenant", "acme", ids["acme"][1], ids["other"][0], "job-unknown")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"requeued": 1, "skipped": 2, "tenant": "acme"}  # other's is not acme's
+    r = cli("jobs", "requeue", "--tenant", "acme", "--all")
+    assert r.exit_code == 0 and "requeued 1 dead job(s) of tenant 'acme'" in r.output
+    assert json.loads(cli("--json", "jobs", "dead", "--tenant", "acme").output) == []
+    assert dead_ids("--json", "jobs", "dead") == ids["other"]
+
+    async def check() -> tuple[dict, dict, list]:
+        async with await amber.open_store(db) as store:
+            return (dict(await store.learn_queue_stats("acme")), dict(await store.learn_queue_stats("other")),
+                    await store.list_audit("acme", operation="learn.requeue"))
+
+    acme, other, audit = asyncio.run(check())
+    assert (acme["pending"], acme["dead"], other["dead"]) == (2, 0, 1)
+    assert sorted(e.record_ids[0] for e in audit) == sorted(ids["acme"])
+
+
+def test_jobs_requeue_needs_ids_or_all_and_good_input(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AMBER_TENANT", raising=False)
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    ids = _kill_jobs(db, {"acme": ["boom"]})
+    # the installed console script, as an operator runs it: refused with a clear message, exit 2
+    r = subprocess.run([AMBER, "--store", db, "jobs", "requeue"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--all" in r.stderr and "JOB_ID" in r.stderr
+    for args in (["jobs", "requeue", "--all", ids["acme"][0]], ["jobs", "dead", "--limit", "0"],
+                 ["jobs", "dead", "--tenant", "bad/tenant"],
+                 ["jobs", "requeue", "--tenant", "bad/x", "--all"]):
+        r = CliRunner().invoke(main, ["--store", db, *args])
+        assert r.exit_code == 2, (args, r.output)
+    still = json.loads(CliRunner().invoke(main, ["--store", db, "--json", "jobs", "dead"]).output)
+    assert [d["id"] for d in still] == ids["acme"]  # nothing refused changed anything

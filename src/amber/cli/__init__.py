@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("amber.cli.admin:migrate", "Apply pending schema migrations."),
     "serve": ("amber.cli.admin:serve", "Run the REST server."),
     "worker": ("amber.cli.admin:worker", "Run the learning worker."),
+    "jobs": ("amber.cli.admin:jobs", "List the learn jobs that died and requeue them."),
     "reindex": ("amber.cli.admin:reindex", "Re-embed memories after changing the embedder."),
     "backup": ("amber.cli.admin:backup", "Back up the store."),
     "restore": ("amber.cli.admin:restore", "Restore a backup (never resurrects erased data)."),

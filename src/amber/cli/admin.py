@@ -1,5 +1,5 @@
-"""Operations: ``amber migrate``, ``serve``, ``worker``, ``reindex``, ``backup``, ``restore``, ``audit``,
-``prune``."""
+"""Operations: ``amber migrate``, ``serve``, ``worker``, ``jobs``, ``reindex``, ``backup``, ``restore``,
+``audit``, ``prune``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from typing import Any
 
 import click
 
+from ..errors import AmberError
+from ..keys import validate_part
 from ..transfer import jsonable
 from . import Context, emit, pass_ctx, run_async
 from .options import embedder_from_environ
 from .inspect import _table, _when
 
-__all__ = ["migrate", "serve", "worker", "reindex", "backup", "restore", "audit", "prune"]
+__all__ = ["migrate", "serve", "worker", "jobs", "reindex", "backup", "restore", "audit", "prune"]
 
 
 @click.command()
@@ -126,6 +128,93 @@ def worker(ctx: Context, once: bool, batch: int, embedder: str | None, extractor
     n = run_async(run())
     if once:
         emit(ctx, {"processed": n}, lambda d: click.echo(f"processed {d['processed']} jobs"))
+
+
+@click.group()
+def jobs() -> None:
+    """The learning queue's dead jobs: those parked after their last failed attempt (`amber worker`
+    gives up after 5). List them, fix the cause, then requeue them."""
+
+
+def _queue_scope(click_ctx: click.Context, tenant: str | None, as_json: bool) -> tuple[Context, str | None]:
+    """The command's context (``--json`` given here counts as the global one) and the tenant it acts on:
+    its own ``--tenant``, else the global ``--tenant`` / ``AMBER_TENANT`` when given, else every tenant --
+    one worker serves the whole queue, so an unscoped queue command does too."""
+    ctx: Context = click_ctx.find_object(Context)
+    if as_json:
+        ctx = Context(ctx.store_url, ctx.tenant, True)
+    if tenant is not None:
+        try:
+            return ctx, validate_part("tenant", tenant)
+        except AmberError as exc:
+            raise click.BadParameter(exc.message, param_hint="--tenant") from exc
+    root = click_ctx.find_root()
+    if root.get_parameter_source("tenant") in (click.core.ParameterSource.COMMANDLINE,
+                                               click.core.ParameterSource.ENVIRONMENT):
+        return ctx, ctx.tenant
+    return ctx, None
+
+
+def _scope_name(tenant: str | None) -> str:
+    return "every tenant" if tenant is None else f"tenant {tenant!r}"
+
+
+_TENANT_HELP = "Only this tenant (default: the global --tenant or AMBER_TENANT if given, else every tenant)."
+
+
+@jobs.command("dead")
+@click.option("--tenant", default=None, help=_TENANT_HELP)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (as the global --json).")
+@click.pass_context
+def jobs_dead(click_ctx: click.Context, tenant: str | None, limit: int, as_json: bool) -> None:
+    """List dead learn jobs, the longest dead first: id, session, message, attempts, when it died and
+    the last error."""
+    ctx, scope = _queue_scope(click_ctx, tenant, as_json)
+
+    async def run() -> list[dict[str, Any]]:
+        async with await ctx.open() as store:
+            return jsonable(await store.list_dead_learn_jobs(tenant=scope, limit=limit))
+
+    data = run_async(run())
+    # Message ids and seqs are in --json: a table as wide as a terminal keeps the job ids whole.
+    emit(ctx, data, lambda rows: _table(
+        f"dead learn jobs of {_scope_name(scope)}", ["id", "session", "attempts", "died", "error"],
+        [(r["id"], r["key"], r["attempts"], _when(r["died_at"]), r["last_error"]) for r in rows]))
+
+
+@jobs.command("requeue")
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--all", "all_jobs", is_flag=True, help="Requeue every dead job (of the tenant, if given).")
+@click.option("--tenant", default=None, help=_TENANT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (as the global --json).")
+@click.pass_context
+def jobs_requeue(click_ctx: click.Context, job_ids: tuple[str, ...], all_jobs: bool, tenant: str | None,
+                 as_json: bool) -> None:
+    """Make dead jobs pending again with their attempts reset, so the worker retries them (audited as
+    `learn.requeue`). Ids that are not dead jobs (of the tenant) are skipped and counted."""
+    if not job_ids and not all_jobs:
+        raise click.UsageError("name the JOB_IDs to requeue (see `amber jobs dead`), or pass --all to "
+                               "requeue every dead job")
+    if job_ids and all_jobs:
+        raise click.UsageError("give JOB_IDs or --all, not both")
+    ctx, scope = _queue_scope(click_ctx, tenant, as_json)
+
+    async def run() -> dict[str, Any]:
+        async with await ctx.open() as store:
+            n = await store.requeue_dead_learn_jobs(None if all_jobs else list(job_ids), tenant=scope)
+        skipped = 0 if all_jobs else len(set(job_ids)) - n
+        return {"requeued": n, "skipped": skipped, "tenant": scope}
+
+    data = run_async(run())
+
+    def render(d: dict[str, Any]) -> None:
+        click.echo(f"requeued {d['requeued']} dead job(s) of {_scope_name(d['tenant'])}")
+        if d["skipped"]:
+            click.echo(f"skipped {d['skipped']} id(s) that are not dead jobs of {_scope_name(d['tenant'])}",
+                       err=True)
+
+    emit(ctx, data, render)
 
 
 def _extractor(kind: str, model_config: str | None) -> Any:
