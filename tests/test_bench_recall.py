@@ -175,6 +175,11 @@ async def test_harness_scores_a_known_case_on_the_memory_store():
     assert split == pytest.approx(learning["seconds"], abs=2e-3)
     rate = (learning["embedder_alone"]["texts_per_s"] + learning["embedder_alone_after"]["texts_per_s"]) / 2
     assert learning["slowdown_vs_embedder"] == pytest.approx(rate / learning["turns_per_s"], rel=0.01)
+    # The replay is the model doing learning's own calls again: every text learning embedded.
+    same = learning["embedder_same_calls"]
+    assert same["texts"] == learning["texts_embedded"] and same["calls"] >= 1
+    assert same["seconds"] > 0 and learning["slowdown_vs_same_calls"] > 0
+    assert learning["slowdown_vs_same_calls"] == pytest.approx(learning["seconds"] / same["seconds"], rel=0.01)
     assert doc["store"] == "memory://"
     assert "hybrid" in doc["modes"]
 

@@ -307,14 +307,18 @@ def _make_retriever(store: Store, embedder: Any) -> tuple[Any, str]:
 
 class TimedEmbedder:
     """An embedder whose calls report their (start, end) to ``record``: how much of a run was the
-    model's own time."""
+    model's own time. ``calls``: also keep each call's texts, to replay the same work later."""
 
-    def __init__(self, embedder: Any, record: Callable[[float, float], None]) -> None:
+    def __init__(self, embedder: Any, record: Callable[[float, float], None],
+                 calls: list[list[str]] | None = None) -> None:
         self.name, self.dim = embedder.name, embedder.dim
         self._embedder = embedder
         self._record = record
+        self._calls = calls
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._calls is not None:
+            self._calls.append(list(texts))
         a = time.perf_counter()
         try:
             return await self._embedder.embed(texts)
@@ -355,6 +359,19 @@ async def _embedder_throughput(embedder: Any, texts: Sequence[str], batch: int =
             keep.update(zip(rest[i:i + batch], await embedder.embed(rest[i:i + batch])))
     return {"texts": len(sample), "batch": batch, "seconds": round(seconds, 3),
             "texts_per_s": round(len(sample) / seconds, 1) if seconds > 0 else None}
+
+
+async def _replay(embedder: Any, calls: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The model alone doing exactly the embedding work learning did: the same texts, in the same
+    calls. Learning's time over this is what Amber adds on top of the model, whatever the batches'
+    make-up (turns and facts of one batch of jobs go to the model in one call)."""
+    start = time.perf_counter()
+    for texts in calls:
+        await embedder.embed(texts)
+    seconds = time.perf_counter() - start
+    n = sum(len(t) for t in calls)
+    return {"calls": len(calls), "texts": n, "seconds": round(seconds, 6),
+            "texts_per_s": round(n / seconds, 1) if seconds > 0 else None}
 
 
 @dataclass
@@ -505,16 +522,19 @@ async def run_recall_bench(
         model = await _embedder_throughput(embedder, texts, keep=dense_vectors if "dense" in run_modes else None)
         say(f"embedder alone: {model['texts_per_s']} texts/s")
     in_embedder = [0.0]
+    calls: list[list[str]] = []
 
     def count(a: float, b: float) -> None:
         in_embedder[0] += b - a
 
     start = time.perf_counter()
-    learner = await _learn(store, TimedEmbedder(embedder, count) if embedder is not None else None,
+    learner = await _learn(store, TimedEmbedder(embedder, count, calls) if embedder is not None else None,
                            extractor, tenant, say)
     learn_s = time.perf_counter() - start
-    # The model's speed drifts on a shared machine: time it again after learning, on the same texts.
+    # The model's speed drifts on a shared machine: time it again after learning, on the same texts,
+    # and on exactly learning's own calls.
     model_after = await _embedder_throughput(embedder, texts) if embedder is not None else None
+    replay = await _replay(embedder, calls) if embedder is not None and calls else None
     learned, extractor_name = learner.stats.jobs_done, learner.extractor.name
     facts = 0
     for user in ing.users.values():
@@ -561,7 +581,7 @@ async def run_recall_bench(
         },
         "learning": {
             "turns": learned, "facts": facts, "texts_embedded": learner.stats.texts_embedded,
-            "dead_jobs": learner.stats.jobs_dead, "seconds": round(learn_s, 3),
+            "dead_jobs": learner.stats.jobs_dead, "seconds": round(learn_s, 6),
             "turns_per_s": None if learn_tps is None else round(learn_tps, 1),
             "embedder_alone": model,
             "embedder_alone_after": model_after,
@@ -571,6 +591,9 @@ async def run_recall_bench(
             # Target <= 1.25: learning adds at most 25% on top of the model's own batched time
             # (the model's rate: the mean of the runs before and after learning).
             "slowdown_vs_embedder": _slowdown(model, model_after, learn_tps),
+            # The same target against the model doing learning's exact calls again, alone.
+            "embedder_same_calls": replay,
+            "slowdown_vs_same_calls": round(learn_s / replay["seconds"], 3) if replay and replay["seconds"] else None,
         },
         "modes": results,
     }
