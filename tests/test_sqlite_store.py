@@ -301,3 +301,16 @@ async def test_a_users_matches_in_a_crowded_file_are_ranked_by_the_users_own_ter
         assert [h.id for h in hits][0] == mine[1].id
         assert {h.user for h in hits} == {"me"} and len(hits) == 3
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+async def test_checkpoint_empties_the_wal_and_keeps_every_message(url: str, tmp_path: Path) -> None:
+    wal = tmp_path / "amber.db-wal"
+    key = SessionKey("t", "u", "s")
+    async with await amber.open_store(url) as store:
+        await store.append(key, [NewMessage("user", f"m{i}") for i in range(200)])
+        assert wal.exists() and wal.stat().st_size > 0  # the appends sit in the WAL until a checkpoint
+        assert await store.checkpoint() is True
+        assert wal.stat().st_size == 0
+        assert [m.content for m in await store.read_since(key)] == [f"m{i}" for i in range(200)]
+    with sqlite3.connect(tmp_path / "amber.db") as raw:  # in the file itself, not only in the WAL
+        assert raw.execute("SELECT count(*) FROM messages").fetchone()[0] == 200

@@ -42,7 +42,10 @@ class SentenceTransformerEmbedder:
     """A local sentence-transformers model. By default all-MiniLM-L6-v2 (384 dimensions).
 
     ``model_path``: a local model directory (default: the bundled MiniLM). ``batch_size``: texts per
-    forward pass. ``max_chars``: texts are cut to this length first (the model reads 256 word pieces;
+    forward pass (a call's texts are sorted by length first, and each pass is padded to its longest
+    text: 32 wastes less padding than 64 on a learner's mixed batches of turns and facts; measured on
+    2 cores, three alternating rounds: 374-390 vs 348-370 texts/s on the learner's own calls, 440-445
+    vs 396-405 on plain turns; 16 was slower than both). ``max_chars``: texts are cut to this length first (the model reads 256 word pieces;
     longer input only costs time). ``small_call_threads``: torch threads for calls of at most
     ``small_call_max`` texts (a recall query): one thread by default, because splitting one short
     text across threads costs more in hand-offs than it saves, and on a busy machine the waiting
@@ -64,7 +67,7 @@ class SentenceTransformerEmbedder:
         self,
         model_path: str | Path | None = None,
         *,
-        batch_size: int = 64,
+        batch_size: int = 32,
         device: str = "cpu",
         max_chars: int = 2000,
         name: str | None = None,
