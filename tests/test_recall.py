@@ -570,3 +570,13 @@ async def test_a_second_hop_ranks_right_below_a_seed_that_shares_the_querys_word
     weak = await Recall(store)._bridge(key.tenant, key.user, vector_only, words, ("message",), 5, lambda h: h)
     assert [h.id for h in weak[:5]] == [h.id for h in vector_only]  # a find would rank at 0.40: below
     assert second.id not in [h.id for h in weak]  # ... so the lookup is skipped
+
+
+@pytest.mark.parametrize("term, strong", [
+    ("Kwame", True), ("C-7788", True), ("POL-55-X", True), ("a1b2", True),
+    ("07700", False), ("-7788", False), ("12/05", False), ("555-0100", False),
+])
+def test_a_strong_link_names_one_thing_and_a_bare_number_does_not(term: str, strong: bool) -> None:
+    from amber.recall.search import _strong_link
+
+    assert _strong_link(term) is strong

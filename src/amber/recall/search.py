@@ -134,7 +134,7 @@ def _bridge_terms(text: str, query_words: set[str], speakers: Collection[str] = 
 def _strong_link(term: str) -> bool:
     """A name, or an identifier with letters and digits ("C-7788"): what names one thing. A bare
     number ("07700", a phone prefix) links many."""
-    return not term.isdigit() and not (term[:1].isdigit() and not any(c.isalpha() for c in term))
+    return any(c.isalpha() for c in term)
 
 
 def _content_terms(text: str, query_words: set[str]) -> list[str]:
